@@ -1,0 +1,262 @@
+"""The worker loop: claim due rows with a lease, send outside any transaction, record the batch.
+
+DESIGN.md sections 3 and 6: the claim is one autocommit UPDATE, so the lease is committed before any
+HTTP call; a worker killed mid-send leaves a lease that expires and the sweeper hands the row out again.
+"""
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from deliveries import actions, alerts, sender
+from deliveries.models import Attempt, Delivery, Status
+from deliveries.sender import Message, Result
+from deliveries.wake import clear_wake, wake
+from subscriptions.models import Subscription
+
+logger = logging.getLogger("hookrelay.deliveries")
+DRAIN_BUDGET_SECONDS = 10.0
+GONE_REASON = "endpoint answered 410 Gone"
+CLAIM_SQL = (
+    "UPDATE deliveries_delivery SET next_attempt_at = %s, attempt_count = attempt_count + 1 "
+    "WHERE id IN (SELECT id FROM deliveries_delivery WHERE status = %s AND next_attempt_at <= %s "
+    "ORDER BY next_attempt_at LIMIT %s{lock}) "
+    "AND status = %s AND next_attempt_at <= %s RETURNING id, attempt_count"
+)
+
+
+def lease_seconds() -> int:
+    """Long enough for one attempt (connect and read) plus the margin a batch needs to get to it."""
+    return 2 * settings.WEBHOOK_TIMEOUT + settings.WEBHOOK_LEASE_MARGIN
+
+
+def claim(limit: int) -> dict[str, int]:
+    """Lease up to ``limit`` due deliveries; returns {delivery id: the attempt number this claim took}.
+
+    On PostgreSQL ``SKIP LOCKED`` lets workers pass each other; SQLite serialises writers, and the
+    conditional WHERE makes the same statement correct there (DESIGN.md section 7).
+    """
+    now = timezone.now()
+    sql = CLAIM_SQL.format(lock=" FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else "")
+    lease_until = connection.ops.adapt_datetimefield_value(now + timedelta(seconds=lease_seconds()))
+    now_param = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [lease_until, Status.PENDING, now_param, limit, Status.PENDING, now_param])
+        return dict(cursor.fetchall())
+
+
+@dataclass
+class Job:
+    delivery: Delivery
+    number: int
+    result: Result | None = None
+
+
+def drain(budget: float = DRAIN_BUDGET_SECONDS) -> int:
+    """Deliver what is due now, batch after batch while batches come back full; re-queue when out of time."""
+    clear_wake()
+    deadline = time.monotonic() + budget
+    total = 0
+    while True:
+        count = deliver_batch()
+        total += count
+        if count < settings.WEBHOOK_BATCH_SIZE:
+            return total
+        if time.monotonic() > deadline:
+            wake()
+            return total
+
+
+def deliver_batch(limit: int | None = None) -> int:
+    claimed = claim(limit or settings.WEBHOOK_BATCH_SIZE)
+    if not claimed:
+        return 0
+    send_deadline = time.monotonic() + settings.WEBHOOK_LEASE_MARGIN
+    deliveries = Delivery.objects.filter(id__in=claimed).select_related("event", "subscription")
+    jobs = [Job(d, claimed[d.id]) for d in deliveries]
+    sendable = [job for job in jobs if job.delivery.subscription.is_active]
+    _send_all(sendable, send_deadline)
+    _release_unsent([job for job in sendable if job.result is None])
+    _settle_inactive([job for job in jobs if not job.delivery.subscription.is_active])
+    record([job for job in sendable if job.result is not None])
+    return len(claimed)
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=settings.WEBHOOK_SEND_CONCURRENCY, thread_name_prefix="send")
+    return _executor
+
+
+def _send_all(jobs: list[Job], send_deadline: float) -> None:
+    bodies: dict[str, bytes] = {}
+
+    def run(job: Job) -> None:
+        # A send that could not start in time would outlive its lease: leave it for the next claim.
+        if time.monotonic() < send_deadline:
+            job.result = sender.send(message_for(job, bodies))
+
+    list(_pool().map(run, jobs))
+
+
+def message_for(job: Job, bodies: dict[str, bytes]) -> Message:
+    delivery = job.delivery
+    event = delivery.event
+    if event.id not in bodies:
+        bodies[event.id] = sender.encode_body(event.payload())
+    return Message(
+        url=delivery.subscription.url,
+        msg_id=event.id,
+        event_type=event.type,
+        body=bodies[event.id],
+        secrets=delivery.subscription.signing_secrets(),
+        attempt=job.number,
+        correlation_id=event.correlation_id or event.id,
+    )
+
+
+def _release_unsent(jobs: list[Job]) -> None:
+    for job in jobs:
+        Delivery.objects.filter(pk=job.delivery.pk, status=Status.PENDING, attempt_count=job.number).update(
+            attempt_count=job.number - 1, next_attempt_at=timezone.now()
+        )
+
+
+def _settle_inactive(jobs: list[Job]) -> None:
+    """A row claimed after its subscription went inactive: deleted ones cancel, disabled ones fail."""
+    for job in jobs:
+        row = Delivery.objects.filter(pk=job.delivery.pk)
+        with transaction.atomic():
+            if not row.filter(attempt_count=job.number).update(attempt_count=job.number - 1):
+                continue
+            if job.delivery.subscription.is_deleted:
+                row.filter(status=Status.PENDING).update(
+                    status=Status.CANCELLED, next_attempt_at=None, completed_at=timezone.now()
+                )
+            else:
+                actions.fail_pending(row, actions.SUBSCRIPTION_DISABLED)
+
+
+@dataclass
+class Aftermath:
+    """Subscription bookkeeping, done after the batch commits so the batch never waits on it."""
+
+    succeeded: set[str]
+    failed_for_good: list[Delivery]
+    gone: list[Delivery]
+
+
+def record(jobs: list[Job]) -> None:
+    if not jobs:
+        return
+    with transaction.atomic():
+        Attempt.objects.bulk_create(_attempt(job) for job in jobs)
+        aftermath = Aftermath(set(), [], [])
+        for job in sorted(jobs, key=lambda j: j.delivery.pk):
+            _apply(job, aftermath)
+    for job in jobs:
+        _log_attempt(job)
+    _settle_subscriptions(aftermath)
+
+
+def _attempt(job: Job) -> Attempt:
+    result = job.result
+    return Attempt(
+        delivery_id=job.delivery.pk,
+        number=job.number,
+        started_at=result.started_at,
+        duration_ms=result.duration_ms,
+        status_code=result.status_code,
+        error=result.error,
+        response_body=result.response_body,
+        success=result.success,
+    )
+
+
+def _apply(job: Job, aftermath: Aftermath) -> None:
+    """Move one delivery on from its attempt, only if it is still ours (pending, same attempt number)."""
+    delivery, result = job.delivery, job.result
+    ours = Delivery.objects.filter(pk=delivery.pk, status=Status.PENDING, attempt_count=job.number)
+    finished_at = result.started_at + timedelta(milliseconds=result.duration_ms)
+    delivery.attempt_count, delivery.last_error, delivery.last_status_code = (
+        job.number,
+        result.error,
+        result.status_code,
+    )
+    outcome = {"last_error": result.error, "last_status_code": result.status_code}
+    if result.success:
+        if ours.update(status=Status.SUCCEEDED, next_attempt_at=None, completed_at=finished_at, **outcome):
+            aftermath.succeeded.add(delivery.subscription_id)
+        return
+    delivery.failures += 1
+    delay = None if result.status_code == 410 else delivery.retry_delay()
+    if delay is not None:
+        ours.update(next_attempt_at=finished_at + delay, failures=F("failures") + 1, **outcome)
+        return
+    if ours.update(
+        status=Status.FAILED, next_attempt_at=None, completed_at=finished_at, failures=F("failures") + 1, **outcome
+    ):
+        delivery.status = Status.FAILED
+        (aftermath.gone if result.status_code == 410 else aftermath.failed_for_good).append(delivery)
+
+
+def _settle_subscriptions(aftermath: Aftermath) -> None:
+    if aftermath.succeeded:
+        Subscription.objects.filter(id__in=sorted(aftermath.succeeded)).update(
+            consecutive_failures=0, last_success_at=timezone.now()
+        )
+    for delivery in aftermath.gone:
+        actions.disable_subscription(delivery.subscription, GONE_REASON)
+    for delivery in aftermath.failed_for_good:
+        _count_failure(delivery.subscription)
+    for delivery in aftermath.gone + aftermath.failed_for_good:
+        alerts.delivery_failed(delivery)
+
+
+def _count_failure(subscription: Subscription) -> None:
+    Subscription.objects.filter(pk=subscription.pk).update(consecutive_failures=F("consecutive_failures") + 1)
+    subscription.refresh_from_db(fields=["consecutive_failures", "is_active"])
+    limit = settings.WEBHOOK_DISABLE_AFTER
+    if subscription.is_active and limit and subscription.consecutive_failures >= limit:
+        actions.disable_subscription(subscription, f"{subscription.consecutive_failures} consecutive failed deliveries")
+
+
+def _log_attempt(job: Job) -> None:
+    delivery, result = job.delivery, job.result
+    logger.info(
+        "attempt event=%s delivery=%s subscription=%s number=%s outcome=%s status=%s duration_ms=%s "
+        "error=%r url=%s correlation_id=%s",
+        delivery.event_id,
+        delivery.id,
+        delivery.subscription_id,
+        job.number,
+        "success" if result.success else "failure",
+        result.status_code,
+        result.duration_ms,
+        result.error,
+        sender.safe_url(delivery.subscription.url),
+        delivery.event.correlation_id,
+    )
+
+
+def sweep(max_drains: int = 4) -> int:
+    """Wake workers for every due row: retries, expired leases, and anything whose wake-up was lost."""
+    from deliveries.tasks import drain as drain_task
+
+    limit = settings.WEBHOOK_BATCH_SIZE * max_drains
+    due = Delivery.objects.due().values("id")[:limit].count()
+    drains = -(-due // settings.WEBHOOK_BATCH_SIZE)
+    for _ in range(drains):
+        drain_task.delay()
+    return due

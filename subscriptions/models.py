@@ -1,0 +1,84 @@
+from datetime import timedelta
+
+from django.db import models
+from django.utils import timezone
+
+from subscriptions import topics
+from subscriptions.ids import new_subscription_id, new_tenant_id
+from subscriptions.signing import generate_secret
+
+ROTATION_OVERLAP = timedelta(hours=24)
+
+
+class Tenant(models.Model):
+    id = models.CharField(primary_key=True, max_length=32, default=new_tenant_id, editable=False)
+    slug = models.SlugField(max_length=50, unique=True)
+    name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class SubscriptionQuerySet(models.QuerySet):
+    def live(self) -> "SubscriptionQuerySet":
+        return self.filter(deleted_at__isnull=True)
+
+    def for_tenant(self, tenant: Tenant | None) -> "SubscriptionQuerySet":
+        return self.filter(tenant=tenant) if tenant else self.filter(tenant__isnull=True)
+
+    def receiving(self, event_type: str, tenant: Tenant | None) -> list["Subscription"]:
+        """The active subscriptions of ``tenant`` (or of no tenant) whose patterns match ``event_type``."""
+        candidates = self.live().for_tenant(tenant).filter(is_active=True).only("id", "events")
+        return [s for s in candidates if s.matches(event_type)]
+
+
+class Subscription(models.Model):
+    id = models.CharField(primary_key=True, max_length=32, default=new_subscription_id, editable=False)
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="subscriptions")
+    url = models.URLField(max_length=2048)
+    events = models.JSONField(default=list, help_text="Topic patterns: '*' is one word, '#' zero or more.")
+    description = models.CharField(max_length=500, blank=True)
+    secret = models.CharField(max_length=128, default=generate_secret)
+    previous_secret = models.CharField(max_length=128, blank=True)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+    disabled_reason = models.CharField(max_length=500, null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SubscriptionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "is_active"], name="subscription_tenant_active")]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.url}"
+
+    def matches(self, event_type: str) -> bool:
+        return any(topics.matches(pattern, event_type) for pattern in self.events)
+
+    def signing_secrets(self, now=None) -> list[str]:
+        """The current secret, then the previous one while its rotation overlap lasts."""
+        now = now or timezone.now()
+        if self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
+
+    def rotate_secret(self, new_secret: str | None = None) -> str:
+        self.previous_secret = self.secret
+        self.previous_secret_expires_at = timezone.now() + ROTATION_OVERLAP
+        self.secret = new_secret or generate_secret()
+        self.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at", "updated_at"])
+        return self.secret
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None

@@ -1,0 +1,94 @@
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from deliveries.fanout import create_deliveries
+from subscriptions import topics
+from subscriptions.models import Subscription, Tenant
+from webhooks import correlation
+from webhooks.models import Event
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+RESERVED_PREFIX = "webhook."
+
+
+class PublishError(ValueError):
+    """An event that cannot be published: bad type, data or tenant."""
+
+
+def publish(
+    event_type: str,
+    data: dict,
+    *,
+    tenant: Tenant | str | None = None,
+    idempotency_key: str | None = None,
+    idempotency_scope: str = "",
+    request_fingerprint: str = "",
+    correlation_id: str = "",
+) -> Event:
+    """Record an event and one pending delivery per matching subscription; workers wake on commit.
+
+    With an ``idempotency_key`` seen in the same scope within 24 hours, returns that first event
+    (``event.replayed`` is True) and creates nothing.
+    """
+    if not topics.is_valid_event_type(event_type) or event_type.startswith(RESERVED_PREFIX):
+        raise PublishError(f"invalid event type {event_type!r}")
+    if not isinstance(data, dict):
+        raise PublishError("data must be a JSON object")
+    tenant = resolve_tenant(tenant)
+    if idempotency_key is not None:
+        replay = find_replay(idempotency_scope, idempotency_key)
+        if replay:
+            return replay
+    fields = {
+        "type": event_type,
+        "data": data,
+        "tenant": tenant,
+        "idempotency_scope": idempotency_scope,
+        "idempotency_key": idempotency_key,
+        "request_fingerprint": request_fingerprint,
+        "correlation_id": correlation_id or correlation.get() or correlation.new_id(),
+    }
+    try:
+        return record_event(fields)
+    except IntegrityError:
+        # Another request with the same key won the race: answer with its event.
+        replay = find_replay(idempotency_scope, idempotency_key) if idempotency_key else None
+        if replay is None:
+            raise
+        return replay
+
+
+@transaction.atomic
+def record_event(fields: dict) -> Event:
+    if fields["idempotency_key"] is not None:
+        # A key older than the window may be used again: release it from the old event.
+        Event.objects.filter(
+            idempotency_scope=fields["idempotency_scope"],
+            idempotency_key=fields["idempotency_key"],
+            created_at__lt=timezone.now() - IDEMPOTENCY_WINDOW,
+        ).update(idempotency_key=None)
+    event = Event.objects.create(**fields)
+    subscriptions = Subscription.objects.receiving(event.type, event.tenant)
+    event.delivery_count = len(create_deliveries(event, subscriptions))
+    event.replayed = False
+    return event
+
+
+def find_replay(scope: str, key: str) -> Event | None:
+    since = timezone.now() - IDEMPOTENCY_WINDOW
+    event = Event.objects.filter(idempotency_scope=scope, idempotency_key=key, created_at__gte=since).first()
+    if event:
+        event.delivery_count = event.deliveries.count()
+        event.replayed = True
+    return event
+
+
+def resolve_tenant(tenant: Tenant | str | None) -> Tenant | None:
+    if tenant is None or isinstance(tenant, Tenant):
+        return tenant
+    try:
+        return Tenant.objects.get(slug=tenant)
+    except Tenant.DoesNotExist:
+        raise PublishError(f"unknown tenant {tenant!r}") from None
