@@ -18,6 +18,7 @@ run: $(STAMP)
 	$(PY) manage.py runserver 127.0.0.1:8000 & \
 	wait
 
+test: export SECRET_KEY ?= insecure-key-for-tests-only
 ## test: the whole suite (PostgreSQL and Redis when DATABASE_URL / REDIS_URL are set)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,6 @@
 """A real local HTTP receiver that records what it gets, for tests and benchmarks."""
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     arrived_at: float
+    client_port: int = 0
 
 
 @dataclass
@@ -26,11 +28,13 @@ class Reply:
 class Receiver:
     """Answers with ``reply(request)`` (200 "ok" by default) and keeps every request it got."""
 
-    def __init__(self, reply: Callable[[Received], Reply] | None = None) -> None:
+    def __init__(self, reply: Callable[[Received], Reply] | None = None, host: str = "127.0.0.1") -> None:
         self.reply = reply or (lambda request: Reply())
         self.requests: list[Received] = []
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.host = host
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+        self.server = server_class((host, 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -39,7 +43,8 @@ class Receiver:
         return self.server.server_address[1]
 
     def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{path}"
 
     def start(self) -> "Receiver":
         self.thread.start()
@@ -66,7 +71,8 @@ class Receiver:
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length", 0))
-                request = Received(self.path, dict(self.headers.items()), self.rfile.read(length), time.time())
+                body = self.rfile.read(length)
+                request = Received(self.path, dict(self.headers.items()), body, time.time(), self.client_address[1])
                 with receiver.lock:
                     receiver.requests.append(request)
                 reply = receiver.reply(request)
@@ -83,3 +89,7 @@ class Receiver:
                 pass
 
         return Handler
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6

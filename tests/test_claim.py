@@ -1,0 +1,81 @@
+"""Claiming due deliveries: a lease, a limit, and no row handed to two claimers."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from deliveries.models import Delivery
+from deliveries.worker import claim, lease_seconds
+from subscriptions.models import Subscription
+from webhooks.models import Event
+
+
+def make_pending(count: int, due_in: timedelta = timedelta(0)) -> list[str]:
+    subscription = Subscription.objects.create(url="https://example.com/hook", events=["#"])
+    event = Event.objects.create(type="order.created", data={})
+    rows = [
+        Delivery(event=event, subscription=subscription, event_type=event.type, next_attempt_at=timezone.now() + due_in)
+        for _ in range(count)
+    ]
+    return [row.id for row in Delivery.objects.bulk_create(rows)]
+
+
+@pytest.mark.django_db
+def test_a_claim_takes_at_most_its_limit_and_each_row_once() -> None:
+    ids = make_pending(300)
+
+    batches = [claim(20) for _ in range(16)]
+
+    assert [len(batch) for batch in batches] == [20] * 15 + [0]
+    claimed = [pk for batch in batches for pk in batch]
+    assert sorted(claimed) == sorted(ids)
+    assert {number for batch in batches for number in batch.values()} == {1}
+
+
+@pytest.mark.django_db
+def test_a_claimed_row_is_leased_and_not_due_until_the_lease_ends() -> None:
+    make_pending(3)
+    before = timezone.now()
+
+    claimed = claim(10)
+
+    assert len(claimed) == 3
+    leased = Delivery.objects.filter(id__in=claimed)
+    assert all(d.next_attempt_at >= before + timedelta(seconds=lease_seconds() - 1) for d in leased)
+    assert all(d.attempt_count == 1 for d in leased)
+    assert claim(10) == {}
+
+
+@pytest.mark.django_db
+def test_rows_not_yet_due_are_not_claimed() -> None:
+    make_pending(2, due_in=timedelta(minutes=5))
+
+    assert claim(10) == {}
+
+
+@pytest.mark.services
+def test_concurrent_claimers_on_postgresql_never_share_a_row(transactional_db) -> None:
+    ids = make_pending(400)
+    results: list[dict[str, int]] = []
+    lock = threading.Lock()
+
+    def claimer() -> None:
+        try:
+            while batch := claim(7):
+                with lock:
+                    results.append(batch)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    claimed = [pk for batch in results for pk in batch]
+    assert sorted(claimed) == sorted(ids)
+    assert max(len(batch) for batch in results) <= 7
