@@ -61,7 +61,7 @@ SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG and not USING_SQLITE:
         raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is false and the database is not SQLite")
-    SECRET_KEY = "django-insecure-hookrelay-development-key-do-not-use-in-production"  # noqa: S105 - dev only
+    SECRET_KEY = "django-insecure-hookrelay-development-key-do-not-use-in-production"
     if "pytest" not in sys.modules:
         warnings.warn("SECRET_KEY is not set: using the development key", stacklevel=1)
 
@@ -75,6 +75,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "oauth2_provider",
     "subscriptions",
     "deliveries",
     "webhooks",
@@ -122,6 +126,7 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -178,6 +183,48 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-due-deliveries": {"task": "deliveries.tasks.sweep", "schedule": SWEEP_INTERVAL},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+# --- REST API (CONTRACT.md sections 2 and 3) ---
+API_SCOPES = {
+    "subscriptions.read": "Read subscriptions and their secrets",
+    "subscriptions.write": "Create, change, delete, rotate and ping subscriptions",
+    "events.publish": "Publish events",
+    "deliveries.read": "Read deliveries and their attempts",
+    "deliveries.write": "Redeliver and recover deliveries",
+}
+OAUTH2_PROVIDER = {
+    "SCOPES": API_SCOPES,
+    "SCOPES_BACKEND_CLASS": "subscriptions.tenancy.ClientScopes",
+    # Only the client credentials grant (RFC 6749 section 4.4): any other grant is unsupported_grant_type.
+    "OAUTH2_SERVER_CLASS": "oauthlib.oauth2.BackendApplicationServer",
+    "ACCESS_TOKEN_EXPIRE_SECONDS": 3600,
+}
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
+OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth2_provider.AccessToken"
+OAUTH2_PROVIDER_REFRESH_TOKEN_MODEL = "oauth2_provider.RefreshToken"
+OAUTH2_PROVIDER_ID_TOKEN_MODEL = "oauth2_provider.IDToken"
+OAUTH2_PROVIDER_GRANT_MODEL = "oauth2_provider.Grant"
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["oauth2_provider.contrib.rest_framework.OAuth2Authentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["subscriptions.tenancy.HasScope"],
+    "DEFAULT_PAGINATION_CLASS": "config.api.Pagination",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "config.api.exception_handler",
+    "DATETIME_FORMAT": "iso-8601",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Hookrelay API",
+    "DESCRIPTION": "Register webhook endpoints, publish events and inspect deliveries.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+EVENT_MAX_BODY_BYTES = 256 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {

@@ -1,9 +1,25 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from oauth2_provider.views import TokenView
 
 from config import views
 
+handler400 = "config.api.bad_request"
+handler404 = "config.api.not_found"
+handler500 = "config.api.server_error"
+
+api_v1 = [
+    path("", include("subscriptions.urls")),
+    path("", include("webhooks.urls")),
+    path("", include("deliveries.urls")),
+]
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("oauth/token/", TokenView.as_view(), name="oauth-token"),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("healthz", views.healthz, name="healthz"),
 ]

@@ -87,3 +87,22 @@ def redeliver(delivery: Delivery) -> int:
 def recover(subscription: Subscription, since: datetime) -> int:
     failed = Delivery.objects.filter(subscription=subscription, status=Status.FAILED, created_at__gte=since)
     return requeue(failed)
+
+
+@transaction.atomic
+def record_single_attempt(delivery: Delivery, number: int, result) -> None:
+    """Record an attempt that ends its delivery either way (a ping): no retry, no alert, no counters."""
+    Attempt.objects.create(
+        delivery=delivery,
+        number=number,
+        started_at=result.started_at,
+        duration_ms=result.duration_ms,
+        status_code=result.status_code,
+        error=result.error,
+        response_body=result.response_body,
+        success=result.success,
+    )
+    delivery.status = Status.SUCCEEDED if result.success else Status.FAILED
+    delivery.completed_at = timezone.now()
+    delivery.last_error, delivery.last_status_code = result.error, result.status_code
+    delivery.save(update_fields=["status", "completed_at", "last_error", "last_status_code"])

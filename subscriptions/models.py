@@ -1,5 +1,6 @@
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -82,3 +83,21 @@ class Subscription(models.Model):
     @property
     def is_deleted(self) -> bool:
         return self.deleted_at is not None
+
+
+class ApiClient(models.Model):
+    """An OAuth2 client (client credentials grant) with the tenant it acts for and the scopes it may ask for."""
+
+    application = models.OneToOneField(
+        settings.OAUTH2_PROVIDER_APPLICATION_MODEL, on_delete=models.CASCADE, related_name="api_client"
+    )
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="api_clients")
+    scopes = models.CharField(max_length=500, help_text="Space-separated scopes this client may ask for.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    def __str__(self) -> str:
+        return f"{self.application.name} ({self.tenant or 'platform'})"
+
+    @property
+    def scope_list(self) -> list[str]:
+        return self.scopes.split()

@@ -3,14 +3,14 @@
 import re
 from functools import lru_cache
 
-WORD = re.compile(r"^[a-z0-9_-]+$")
+WORD = re.compile(r"[a-z0-9_-]+")
 MAX_LENGTH = 128
 MAX_WORDS = 10
 
 
 def is_valid_event_type(value: str) -> bool:
     words = value.split(".")
-    return 0 < len(value) <= MAX_LENGTH and len(words) <= MAX_WORDS and all(WORD.match(w) for w in words)
+    return 0 < len(value) <= MAX_LENGTH and len(words) <= MAX_WORDS and all(WORD.fullmatch(w) for w in words)
 
 
 def is_valid_pattern(value: str) -> bool:
@@ -18,7 +18,7 @@ def is_valid_pattern(value: str) -> bool:
     return (
         0 < len(value) <= MAX_LENGTH
         and len(words) <= MAX_WORDS
-        and all(w in ("*", "#") or WORD.match(w) for w in words)
+        and all(w in ("*", "#") or WORD.fullmatch(w) for w in words)
     )
 
 

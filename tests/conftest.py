@@ -180,3 +180,111 @@ def start_worker(transactional_db, tmp_path, flush_redis) -> Iterator[Callable[.
     yield start
     for worker in workers:
         worker.stop()
+
+
+# --- API clients ---
+
+
+class Api:
+    """A test client holding a real OAuth2 token obtained from /oauth/token/."""
+
+    def __init__(self, client_id: str, client_secret: str, tenant: str | None, scopes: list[str]) -> None:
+        from rest_framework.test import APIClient
+
+        self.client_id, self.client_secret, self.tenant, self.scopes = client_id, client_secret, tenant, scopes
+        self.http = APIClient(HTTP_HOST="localhost")
+        response = self.http.post(
+            "/oauth/token/",
+            {"grant_type": "client_credentials"},
+            HTTP_AUTHORIZATION=basic_auth(client_id, client_secret),
+        )
+        assert response.status_code == 200, response.content
+        self.token = response.json()["access_token"]
+        self.http.credentials(HTTP_AUTHORIZATION=f"Bearer {self.token}")
+
+    def get(self, path: str, **kwargs):
+        return self.http.get(path, **kwargs)
+
+    def post(self, path: str, data=None, **kwargs):
+        return self.http.post(path, data, format="json", **kwargs)
+
+    def patch(self, path: str, data=None, **kwargs):
+        return self.http.patch(path, data, format="json", **kwargs)
+
+    def put(self, path: str, data=None, **kwargs):
+        return self.http.put(path, data, format="json", **kwargs)
+
+    def delete(self, path: str, **kwargs):
+        return self.http.delete(path, **kwargs)
+
+
+def basic_auth(client_id: str, client_secret: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
+
+
+@pytest.fixture
+def make_api(db) -> Callable[..., Api]:
+    """``make_api(tenant="acme", scopes=["events.publish"])``: a client created as create_api_client would."""
+    from subscriptions.clients import create_api_client
+
+    def make(tenant: str | None = None, scopes: list[str] | None = None, name: str = "test client") -> Api:
+        new = create_api_client(name, tenant, scopes)
+        return Api(new.client.application.client_id, new.client_secret, tenant, new.client.scope_list)
+
+    return make
+
+
+@pytest.fixture
+def acme_api(make_api) -> Api:
+    return make_api(tenant="acme", name="acme")
+
+
+@pytest.fixture
+def globex_api(make_api) -> Api:
+    return make_api(tenant="globex", name="globex")
+
+
+@pytest.fixture
+def platform_api(make_api) -> Api:
+    return make_api(tenant=None, name="platform")
+
+
+@pytest.fixture(autouse=True)
+def no_outside_dns(monkeypatch) -> dict[str, list[str]]:
+    """Names other than localhost never reach a real resolver in tests; map them here when a test needs one."""
+    import socket
+
+    real = socket.getaddrinfo
+    hosts: dict[str, list[str]] = {}
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else host
+        if name is None or name == "localhost" or _is_literal(name):
+            return real(host, port, *args, **kwargs)
+        if name in hosts:
+            return [
+                (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port or 0))
+                for a in hosts[name]
+            ]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return hosts
+
+
+def _is_literal(name: str) -> bool:
+    """An IP literal in any spelling inet_aton accepts (``0x7f.1``, ``2130706433``) or IPv6: no DNS involved."""
+    import socket
+
+    try:
+        socket.inet_aton(name)
+        return True
+    except OSError:
+        pass
+    try:
+        socket.inet_pton(socket.AF_INET6, name.split("%")[0])
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,43 @@
+from django.db.models import Prefetch
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from deliveries import actions
+from deliveries.filters import DeliveryFilter
+from deliveries.models import Attempt, Delivery
+from deliveries.serializers import DeliveryDetailSerializer, DeliverySerializer
+from subscriptions.tenancy import TenantScopedMixin
+
+
+class DeliveryViewSet(TenantScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    queryset = Delivery.objects.select_related("subscription").order_by("-created_at", "-id")
+    serializer_class = DeliverySerializer
+    filterset_class = DeliveryFilter
+    tenant_path = "subscription__tenant"
+    required_scopes = {"list": "deliveries.read", "retrieve": "deliveries.read", "redeliver": "deliveries.write"}
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if self.action == "retrieve":
+            queryset = queryset.prefetch_related(Prefetch("attempts", queryset=Attempt.objects.order_by("number")))
+        return queryset
+
+    def get_serializer_class(self):
+        return DeliveryDetailSerializer if self.action in ("retrieve", "redeliver") else DeliverySerializer
+
+    @extend_schema(
+        request=None,
+        responses={202: DeliveryDetailSerializer, 409: OpenApiResponse(description="subscription inactive or deleted")},
+    )
+    @action(detail=True, methods=["post"])
+    def redeliver(self, request: Request, pk: str | None = None) -> Response:
+        delivery = self.get_object()
+        subscription = delivery.subscription
+        if not subscription.is_active or subscription.is_deleted:
+            return Response({"detail": "the subscription is inactive or deleted"}, status=status.HTTP_409_CONFLICT)
+        actions.redeliver(delivery)
+        delivery.refresh_from_db()
+        return Response(DeliveryDetailSerializer(delivery).data, status=status.HTTP_202_ACCEPTED)

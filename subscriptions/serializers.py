@@ -1,0 +1,57 @@
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from subscriptions import validation
+from subscriptions.fields import StrictBooleanField, StrictCharField, StrictListField
+from subscriptions.models import Subscription
+
+
+class SubscriptionSerializer(serializers.ModelSerializer):
+    url = StrictCharField(max_length=validation.MAX_URL_LENGTH, validators=[validation.validate_url])
+    events = StrictListField(child=StrictCharField(), validators=[validation.validate_patterns])
+    description = StrictCharField(max_length=500, required=False, allow_blank=True)
+    is_active = StrictBooleanField(required=False)
+    tenant = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Subscription
+        fields = ["id", "url", "events", "description", "is_active", "disabled_reason", "tenant"]
+        fields += ["created_at", "updated_at"]
+        read_only_fields = ["id", "disabled_reason", "created_at", "updated_at"]
+
+    @extend_schema_field({"type": "string", "nullable": True, "description": "The tenant's slug; null for none."})
+    def get_tenant(self, subscription: Subscription) -> str | None:
+        return subscription.tenant.slug if subscription.tenant else None
+
+
+class SubscriptionCreateSerializer(SubscriptionSerializer):
+    """Create also takes ``tenant`` (a slug, platform clients) and ``secret``, and answers with the secret."""
+
+    secret = StrictCharField(required=False, validators=[validation.validate_secret])
+
+    class Meta(SubscriptionSerializer.Meta):
+        fields = [*SubscriptionSerializer.Meta.fields, "secret"]
+
+
+class SecretSerializer(serializers.Serializer):
+    secret = StrictCharField(validators=[validation.validate_secret])
+
+
+class RotateSecretSerializer(serializers.Serializer):
+    secret = StrictCharField(required=False, validators=[validation.validate_secret])
+
+
+class RecoverSerializer(serializers.Serializer):
+    since = serializers.DateTimeField()
+
+
+class RequeuedSerializer(serializers.Serializer):
+    requeued = serializers.IntegerField()
+
+
+class PingResultSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    status_code = serializers.IntegerField(allow_null=True)
+    duration_ms = serializers.IntegerField()
+    error = serializers.CharField(allow_null=True)
+    response_body = serializers.CharField(allow_blank=True)
