@@ -28,13 +28,15 @@ class Reply:
 class Receiver:
     """Answers with ``reply(request)`` (200 "ok" by default) and keeps every request it got."""
 
-    def __init__(self, reply: Callable[[Received], Reply] | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, reply: Callable[[Received], Reply] | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.reply = reply or (lambda request: Reply())
         self.requests: list[Received] = []
         self.lock = threading.Lock()
         self.host = host
         server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
-        self.server = server_class((host, 0), self._handler())
+        self.server = server_class((host, port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -93,3 +95,24 @@ class Receiver:
 
 class _IPv6Server(ThreadingHTTPServer):
     address_family = socket.AF_INET6
+
+
+def main() -> None:
+    """``python -m tests.receiver --port 9000``: print every webhook that arrives (for the README walk-through)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=9000)
+    port = parser.parse_args().port
+
+    def show(request: Received) -> Reply:
+        print(request.headers.get("X-Webhook-Event"), request.headers.get("webhook-id"), request.body.decode())
+        return Reply()
+
+    receiver = Receiver(show, port=port)
+    print(f"listening on {receiver.url('/')}", flush=True)
+    receiver.server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
