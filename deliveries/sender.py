@@ -1,6 +1,5 @@
 """The one place that talks HTTP to subscribers: session, timeouts, address guard, headers, response cap."""
 
-import ipaddress
 import json
 import os
 import socket
@@ -24,9 +23,11 @@ from urllib3.exceptions import (
     ReadTimeoutError,
     SSLError,
 )
+from urllib3.util import Timeout
 from urllib3.util import connection as urllib3_connection
 
 from subscriptions import signing
+from subscriptions.addresses import is_public_address
 
 MAX_RESPONSE_BYTES = 4096
 USER_AGENT = "Hookrelay/0.1"
@@ -34,13 +35,6 @@ USER_AGENT = "Hookrelay/0.1"
 
 class BlockedAddressError(NewConnectionError):
     """The host resolved to an address that is not public."""
-
-
-def is_public_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
 
 
 def private_networks_allowed() -> bool:
@@ -178,22 +172,38 @@ def send(message: Message) -> Result:
 
 def _post(message: Message) -> tuple[int | None, str | None, str]:
     headers = headers_for(message, int(time.time()))
-    timeout = settings.WEBHOOK_TIMEOUT
+    # Connect and read together (CONTRACT.md section 1): urllib3 spends one budget on both; the body
+    # excerpt is then read against the same deadline.
+    timeout = Timeout(total=settings.WEBHOOK_TIMEOUT)
+    deadline = time.monotonic() + settings.WEBHOOK_TIMEOUT
     try:
         with session().post(
             message.url, data=message.body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
         ) as response:
-            excerpt = _read_capped(response)
+            excerpt = _read_capped(response, deadline)
     except (requests.RequestException, HTTPError) as exc:
         return None, describe_error(exc), ""
     error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
     return response.status_code, error, excerpt
 
 
-def _read_capped(response: requests.Response) -> str:
-    data = response.raw.read(MAX_RESPONSE_BYTES, decode_content=True) or b""
+def _read_capped(response: requests.Response, deadline: float) -> str:
+    """Up to 4 KiB of the body, read only until the attempt's deadline.
+
+    The status line decides the outcome (CONTRACT.md section 4): a body that breaks off or fails to
+    decompress after a 2xx is only a lost excerpt, not a failed attempt.
+    """
+    data = b""
+    try:
+        while len(data) < MAX_RESPONSE_BYTES and time.monotonic() < deadline:
+            chunk = response.raw.read1(MAX_RESPONSE_BYTES - len(data), decode_content=True)
+            if not chunk:
+                break
+            data += chunk
+    except HTTPError:
+        pass
     # PostgreSQL text cannot hold NUL.
-    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    return data[:MAX_RESPONSE_BYTES].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
 def describe_error(exc: BaseException) -> str:
@@ -233,10 +243,12 @@ def _gai_reason(error: NameResolutionError) -> str:
 
 
 def safe_url(url: str) -> str:
-    """Scheme, host and path only: a query string may hold a token (CONTRACT.md section 4)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    """Scheme, host and path only: a query string may hold a token (CONTRACT.md section 4).
+
+    Never raises: it runs in logging and alert paths, and URLField accepts ports urlsplit rejects (``:99999``).
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
