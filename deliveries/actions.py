@@ -6,6 +6,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from config import metrics
 from deliveries import alerts
 from deliveries.models import Attempt, Delivery, Status
 from deliveries.wake import wake
@@ -23,6 +24,7 @@ def disable_subscription(subscription: Subscription, reason: str, *, alert: bool
     subscription.is_active, subscription.disabled_reason = False, reason
     failed = fail_pending(Delivery.objects.filter(subscription=subscription), SUBSCRIPTION_DISABLED)
     if changed and alert:
+        metrics.SUBSCRIPTIONS_DISABLED.inc()
         transaction.on_commit(lambda: alerts.subscription_disabled(subscription, reason))
     return failed
 

@@ -15,6 +15,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from config import metrics
 from deliveries import actions, alerts, sender
 from deliveries.models import Attempt, Delivery, Status
 from deliveries.sender import Message, Result
@@ -180,7 +181,7 @@ def record(jobs: list[Job]) -> None:
         for job in sorted(jobs, key=lambda j: j.delivery.pk):
             _apply(job, aftermath)
     for job in jobs:
-        _log_attempt(job)
+        _observe(job)
     _settle_subscriptions(aftermath)
 
 
@@ -246,22 +247,29 @@ def _count_failure(subscription: Subscription) -> None:
         actions.disable_subscription(subscription, f"{subscription.consecutive_failures} consecutive failed deliveries")
 
 
-def _log_attempt(job: Job) -> None:
+def _observe(job: Job) -> None:
+    """One log line and the metrics for an attempt (CONTRACT.md section 3, Operations)."""
     delivery, result = job.delivery, job.result
-    logger.info(
-        "attempt event=%s delivery=%s subscription=%s number=%s outcome=%s status=%s duration_ms=%s "
-        "error=%r url=%s correlation_id=%s",
-        delivery.event_id,
-        delivery.id,
-        delivery.subscription_id,
-        job.number,
-        "success" if result.success else "failure",
-        result.status_code,
-        result.duration_ms,
-        result.error,
-        sender.safe_url(delivery.subscription.url),
-        delivery.event.correlation_id,
-    )
+    outcome = "success" if result.success else "failure"
+    metrics.ATTEMPTS.labels(outcome, metrics.status_class(result.status_code)).inc()
+    metrics.ATTEMPT_DURATION.observe(result.duration_ms / 1000)
+    if result.success:
+        finished_at = result.started_at + timedelta(milliseconds=result.duration_ms)
+        metrics.DELIVERY_LATENCY.observe(max(0.0, (finished_at - delivery.event.created_at).total_seconds()))
+    fields = {
+        "event": delivery.event_id,
+        "delivery": delivery.id,
+        "subscription": delivery.subscription_id,
+        "attempt": job.number,
+        "outcome": outcome,
+        "status": result.status_code,
+        "duration_ms": result.duration_ms,
+        "error": result.error,
+        "url": sender.safe_url(delivery.subscription.url),
+        "correlation_id": delivery.event.correlation_id or "-",
+    }
+    words = " ".join(f"{name}={value!r}" if name == "error" else f"{name}={value}" for name, value in fields.items())
+    logger.info(f"attempt {words}", extra=fields)
 
 
 def sweep(max_drains: int = 4) -> int:

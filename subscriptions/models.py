@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -93,10 +94,22 @@ class ApiClient(models.Model):
     )
     tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="api_clients")
     scopes = models.CharField(max_length=500, help_text="Space-separated scopes this client may ask for.")
+    rate_limit = models.CharField(
+        max_length=30, blank=True, help_text="Overrides API_RATE_LIMIT for this client, e.g. 5000/min. Empty: default."
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     def __str__(self) -> str:
         return f"{self.application.name} ({self.tenant or 'platform'})"
+
+    def clean(self) -> None:
+        from config.ratelimit import parse_rate
+
+        if self.rate_limit:
+            try:
+                parse_rate(self.rate_limit)
+            except ImproperlyConfigured as exc:
+                raise ValidationError({"rate_limit": str(exc)}) from None
 
     @property
     def scope_list(self) -> list[str]:

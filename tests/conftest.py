@@ -48,6 +48,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def generous_rate_limits(settings) -> None:
+    """Every test client comes from 127.0.0.1: rate-limit tests set their own limits."""
+    settings.API_RATE_LIMIT = "1000000/hour"
+    settings.API_RATE_LIMIT_ANON = "1000000/hour"
+
+
 @pytest.fixture
 def acme(db) -> Tenant:
     return Tenant.objects.create(slug="acme", name="Acme")

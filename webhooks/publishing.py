@@ -3,6 +3,7 @@ from datetime import timedelta
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from config import metrics
 from deliveries.fanout import create_deliveries
 from subscriptions import topics
 from subscriptions.models import Subscription, Tenant
@@ -70,6 +71,7 @@ def record_event(fields: dict) -> Event:
             created_at__lt=timezone.now() - IDEMPOTENCY_WINDOW,
         ).update(idempotency_key=None)
     event = Event.objects.create(**fields)
+    transaction.on_commit(metrics.EVENTS_PUBLISHED.inc)
     subscriptions = Subscription.objects.receiving(event.type, event.tenant)
     event.delivery_count = len(create_deliveries(event, subscriptions))
     event.replayed = False
