@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "oauth2_provider",
     "subscriptions",
     "deliveries",
@@ -233,6 +234,9 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "PREPROCESSING_HOOKS": ["config.versioning.only_versioned_paths"],
+    # Swagger UI served from our own static files: the docs work without a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 API_RATE_LIMIT = env_str("API_RATE_LIMIT", "1000/min")
 API_RATE_LIMIT_ANON = env_str("API_RATE_LIMIT_ANON", "60/min")
