@@ -430,3 +430,26 @@ def test_the_default_serializer_leaves_out_credentials_and_is_json_ready(
     assert "secret" not in data
     assert "previous_secret" not in data
     assert subscription.secret not in str(data)
+
+
+def test_a_login_does_not_publish_user_updated(subscribe: Callable[..., Subscription], rf) -> None:
+    from django.contrib.auth.models import User
+    from django.contrib.auth.signals import user_logged_in
+
+    subscribe(URL, ["user.*"])
+    user = User.objects.create_user("bob", "bob@example.com", "pw")
+
+    user_logged_in.send(sender=User, request=rf.get("/"), user=user)
+
+    assert list(Event.objects.values_list("type", flat=True)) == ["user.created"]
+
+
+def test_a_misspelt_tenant_field_fails_loudly() -> None:
+    from webhooks.model_events import tenant_of
+
+    class Thing:
+        tenant = None
+
+    assert tenant_of(Thing(), "tenant__slug") is None
+    with pytest.raises(AttributeError):
+        tenant_of(Thing(), "tenamt")

@@ -11,7 +11,9 @@ from django.db import models
 from django.db.models.signals import post_delete, post_save
 from django.utils.module_loading import import_string
 
-SENSITIVE_WORDS = ("password", "secret", "token")
+SENSITIVE_WORDS = ("password", "secret", "token", "api_key", "private_key", "hash", "otp")
+# A login saves only last_login: that is not a change to the user worth an event.
+IGNORED_UPDATES = frozenset({"last_login"})
 
 
 def default_serializer(instance: models.Model) -> dict:
@@ -29,7 +31,9 @@ def tenant_of(instance: models.Model, path: str | None) -> Any:
         return None
     value: Any = instance
     for part in path.split("__"):
-        value = getattr(value, part, None)
+        if value is None:
+            return None
+        value = getattr(value, part)  # a misspelt tenant_field fails loudly instead of publishing tenant-less
     return value
 
 
@@ -44,8 +48,12 @@ def connect_all() -> None:
 
 
 def _on_save(spec: dict, serialize: Callable[[models.Model], dict]) -> Callable[..., None]:
-    def handler(sender: type, instance: models.Model, created: bool, raw: bool = False, **kwargs: Any) -> None:
+    def handler(
+        sender: type, instance: models.Model, created: bool, raw: bool = False, update_fields=None, **kwargs: Any
+    ) -> None:
         event_type = spec.get("created" if created else "updated")
+        if update_fields is not None and set(update_fields) <= IGNORED_UPDATES:
+            return
         if event_type and not raw:
             _publish(event_type, instance, spec, serialize)
 
