@@ -35,7 +35,7 @@ def create_api_client(name: str, tenant_slug: str | None = None, scopes: list[st
     scopes = check_scopes(scopes if scopes is not None else list(settings.API_SCOPES))
     tenant = None
     if tenant_slug is not None:
-        if not SLUG.match(tenant_slug):
+        if not SLUG.fullmatch(tenant_slug):
             raise ClientError(f"malformed tenant slug {tenant_slug!r}: use 1 to 50 of a-z, 0-9 and '-'")
         tenant, _ = Tenant.objects.get_or_create(slug=tenant_slug, defaults={"name": tenant_slug})
     secret = generate_client_secret()

@@ -55,6 +55,12 @@ def generous_rate_limits(settings) -> None:
     settings.API_RATE_LIMIT_ANON = "1000000/hour"
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings) -> None:
+    """Client secrets are hashed like passwords; the production hasher costs about a second per client."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def acme(db) -> Tenant:
     return Tenant.objects.create(slug="acme", name="Acme")

@@ -26,7 +26,7 @@ class CorrelationIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         offered = request.headers.get(HEADER, "")
-        correlation_id = offered if VALID.match(offered) else new_id()
+        correlation_id = offered if VALID.fullmatch(offered) else new_id()
         request.correlation_id = correlation_id
         token = current.set(correlation_id)
         try:
