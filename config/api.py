@@ -27,7 +27,8 @@ class Pagination(PageNumberPagination):
 
 
 def positive_int(raw: str, name: str) -> int:
-    if raw.isdigit() and int(raw) > 0:
+    # isascii: str.isdigit() also accepts digits int() refuses, such as "²".
+    if raw.isascii() and raw.isdigit() and int(raw) > 0:
         return int(raw)
     raise exceptions.ValidationError({name: ["must be a positive integer"]})
 

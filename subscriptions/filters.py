@@ -13,5 +13,7 @@ class SubscriptionFilter(django_filters.FilterSet):
         fields = ["is_active", "event"]
 
     def receiving(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
-        matching = [s.id for s in queryset.only("id", "events") if s.matches(value)]
+        # The view select_related()s the tenant, which only() may not defer.
+        candidates = queryset.select_related(None).only("id", "events")
+        matching = [s.id for s in candidates if s.matches(value)]
         return queryset.filter(id__in=matching)

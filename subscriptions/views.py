@@ -7,6 +7,7 @@ from rest_framework.response import Response
 
 from deliveries import actions
 from subscriptions import serializers
+from subscriptions.fields import StrictCharField
 from subscriptions.filters import SubscriptionFilter
 from subscriptions.models import Subscription
 from subscriptions.tenancy import TenantScopedMixin, tenant_for_write
@@ -41,13 +42,17 @@ class SubscriptionViewSet(TenantScopedMixin, viewsets.ModelViewSet):
 
     def create(self, request: Request, *args, **kwargs) -> Response:
         response = super().create(request, *args, **kwargs)
-        response["Location"] = f"/api/v1/subscriptions/{response.data['id']}/"
+        response["Location"] = f"{request.path}{response.data['id']}/"  # keeps the path's version, if any
         return response
 
     def perform_create(self, serializer) -> None:
         slug = self.request.data.get("tenant")
-        if slug is not None and not isinstance(slug, str):
-            raise exceptions.ValidationError({"tenant": ["must be a tenant slug (a string)"]})
+        if slug is not None:
+            # The slug reaches a query: NUL and lone surrogates must be refused first (a 400, not a 500).
+            try:
+                slug = StrictCharField(allow_blank=True, trim_whitespace=False).run_validation(slug)
+            except exceptions.ValidationError as exc:
+                raise exceptions.ValidationError({"tenant": exc.detail}) from None
         serializer.save(tenant=tenant_for_write(self.request, slug))
 
     def update(self, request: Request, *args, **kwargs) -> Response:

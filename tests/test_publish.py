@@ -453,3 +453,11 @@ def test_a_misspelt_tenant_field_fails_loudly() -> None:
     assert tenant_of(Thing(), "tenant__slug") is None
     with pytest.raises(AttributeError):
         tenant_of(Thing(), "tenamt")
+
+
+@pytest.mark.parametrize("data", [{"a": "nul\x00"}, {"a": ["lone \ud800"]}, {"key\x00": 1}])
+def test_text_the_database_cannot_store_is_refused(data: dict) -> None:
+    with pytest.raises(PublishError):
+        publish("order.created", data)
+
+    assert not Event.objects.exists()

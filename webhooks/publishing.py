@@ -1,3 +1,4 @@
+import re
 from datetime import timedelta
 
 from django.db import IntegrityError, transaction
@@ -12,6 +13,7 @@ from webhooks.models import Event
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 RESERVED_PREFIX = "webhook."
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class PublishError(ValueError):
@@ -37,6 +39,8 @@ def publish(
         raise PublishError(f"invalid event type {event_type!r}")
     if not isinstance(data, dict):
         raise PublishError("data must be a JSON object")
+    if has_unstorable_text(data):
+        raise PublishError("data may not contain NUL characters or unpaired surrogates")
     tenant = resolve_tenant(tenant)
     if idempotency_key is not None:
         replay = find_replay(idempotency_scope, idempotency_key)
@@ -85,6 +89,17 @@ def find_replay(scope: str, key: str) -> Event | None:
         event.delivery_count = event.deliveries.count()
         event.replayed = True
     return event
+
+
+def has_unstorable_text(value: object) -> bool:
+    """NUL and lone surrogates: PostgreSQL's jsonb refuses them and UTF-8 cannot encode them."""
+    if isinstance(value, str):
+        return UNSTORABLE.search(value) is not None
+    if isinstance(value, dict):
+        return any(has_unstorable_text(k) or has_unstorable_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_unstorable_text(item) for item in value)
+    return False
 
 
 def resolve_tenant(tenant: Tenant | str | None) -> Tenant | None:

@@ -3,6 +3,7 @@ from rest_framework import serializers
 from subscriptions import validation
 from subscriptions.fields import StrictCharField
 from webhooks.models import Event
+from webhooks.publishing import has_unstorable_text
 
 
 class EventCreateSerializer(serializers.Serializer):
@@ -13,6 +14,8 @@ class EventCreateSerializer(serializers.Serializer):
     def validate_data(self, value: object) -> dict:
         if not isinstance(value, dict):
             raise serializers.ValidationError("must be a JSON object")
+        if has_unstorable_text(value):
+            raise serializers.ValidationError("may not contain NUL characters or unpaired surrogates")
         return value
 
 
