@@ -13,6 +13,7 @@ $(STAMP): requirements.txt
 ## run: web server on 127.0.0.1:8000, a Celery worker and the scheduler, in the foreground (Ctrl-C stops all)
 run: $(STAMP)
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput -v0
 	@trap 'kill 0' INT TERM EXIT; \
 	$(VENV)/bin/celery -A config worker --beat --loglevel=INFO & \
 	$(PY) manage.py runserver 127.0.0.1:8000 & \
@@ -32,6 +33,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+## bench: the benchmarks (issue 6) on a real local stack: PostgreSQL and Redis on 127.0.0.1; BENCH_ARGS="--quick" etc.
+bench: $(STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .data db.sqlite3

@@ -82,6 +82,8 @@ def _checked(validator: Callable[[Any], Any], value: Any) -> Any:
 
 
 class SubscriptionForm(forms.ModelForm):
+    url = forms.URLField(max_length=validation.MAX_URL_LENGTH, assume_scheme="https")
+
     class Meta:
         model = Subscription
         fields = ["url", "events", "description", "tenant"]
@@ -105,10 +107,12 @@ class RecoverForm(forms.Form):
 
 def state_badge(subscription: Subscription) -> SafeString:
     if subscription.is_deleted:
-        return format_html('<span style="color: #8a8a8a">deleted</span>')
+        return format_html('<span style="color: {}">{}</span>', "#8a8a8a", "deleted")
     if subscription.is_active:
-        return format_html('<span style="color: #2e7d32">active</span>')
-    return format_html('<span style="color: #c62828">disabled</span>: {}', subscription.disabled_reason or "")
+        return format_html('<span style="color: {}">{}</span>', "#2e7d32", "active")
+    return format_html(
+        '<span style="color: {}">{}</span>: {}', "#c62828", "disabled", subscription.disabled_reason or ""
+    )
 
 
 @admin.register(Subscription)

@@ -1,0 +1,182 @@
+"""A real browser (Debian's Chromium, headless, driven by Playwright) walks the operators' console.
+
+Log in, read the dashboard, find a failed delivery by its event id, redeliver it to an endpoint that now
+answers 200 and see the new attempt. The screenshots land in docs/screenshots/, which the README shows.
+"""
+
+import os
+import random
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from deliveries.models import Attempt, Delivery, Status
+from deliveries.worker import deliver_batch
+from subscriptions.models import Subscription, Tenant
+from tests.conftest import REQUIRE_SERVICES, reply_sequence
+from tests.receiver import Receiver, Reply
+from webhooks import publish
+from webhooks.models import Event
+
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(os.environ.get("ADMIN_SCREENSHOTS_DIR", Path(__file__).resolve().parent.parent / "docs/screenshots"))
+PASSWORD = "correct horse battery staple"
+TIMEOUT_MS = 15_000
+
+
+def browser_missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install -r requirements.txt)"
+    if not CHROMIUM.exists():
+        return f"Chromium is not installed at {CHROMIUM} (.ci/install-browser installs Debian's chromium)"
+    return None
+
+
+@pytest.fixture
+def browser(monkeypatch) -> Iterator[object]:
+    missing = browser_missing()
+    if missing:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"REQUIRE_SERVICES=1 but {missing}")
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop on this thread; the ORM calls the test makes between
+    # browser steps are still plain synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+        # Inside Playwright's loop Django keys its connections to a context of their own: close the ones
+        # the test opened there, or the test database cannot be dropped at the end of the run.
+        connections.close_all()
+
+
+def seed_a_day_of_traffic() -> None:
+    """A day of other deliveries, so the dashboard has something to show: an outage in the small hours."""
+    now, rng = timezone.now(), random.Random(4)  # noqa: S311 - a fixed picture, not security
+    acme, globex = Tenant.objects.create(slug="acme"), Tenant.objects.create(slug="globex")
+    shop = Subscription.objects.create(url="https://shop.acme.example/webhooks", events=["order.*"], tenant=acme)
+    crm = Subscription.objects.create(
+        url="https://crm.globex.example/hooks/in?token=s3cr3t",
+        events=["#"],
+        tenant=globex,
+        is_active=False,
+        disabled_reason="5 consecutive failed deliveries",
+        consecutive_failures=5,
+    )
+    billing = Subscription.objects.create(url="https://billing.globex.example/events", events=["#"], tenant=globex)
+    deliveries = []
+    this_hour = now.replace(minute=0, second=0, microsecond=0)
+    for hours_ago in range(23, -1, -1):
+        start = this_hour - timedelta(hours=hours_ago)
+        created = start + timedelta(seconds=rng.randint(0, min(3599, int((now - start).total_seconds()))))
+        event = Event.objects.create(type="order.created", data={"batch": hours_ago}, tenant=acme, created_at=created)
+        outage = 14 <= hours_ago <= 17
+        plan = [(shop, Status.SUCCEEDED)] * rng.randint(25, 60)
+        plan += [(crm, Status.FAILED)] * (rng.randint(6, 14) if outage else rng.randint(0, 1))
+        plan += [(billing, Status.CANCELLED)] * rng.randint(0, 2)
+        plan += [(billing, Status.PENDING)] * (rng.randint(3, 6) if hours_ago < 2 else 0)
+        deliveries += [past_delivery(event, subscription, status, created, now) for subscription, status in plan]
+    Delivery.objects.bulk_create(deliveries)
+
+
+def past_delivery(event: Event, subscription: Subscription, status: str, created, now) -> Delivery:
+    pending = status == Status.PENDING
+    return Delivery(
+        event=event,
+        subscription=subscription,
+        event_type=event.type,
+        status=status,
+        attempt_count=1 if status != Status.CANCELLED else 0,
+        failures=1 if status in (Status.PENDING, Status.FAILED) else 0,
+        created_at=created,
+        # Pending ones are retrying later, never due during the test.
+        next_attempt_at=now + timedelta(minutes=30) if pending else None,
+        completed_at=None if pending else created + timedelta(seconds=1),
+        last_status_code=200 if status == Status.SUCCEEDED else 502,
+    )
+
+
+@pytest.fixture
+def failed_delivery(transactional_db, receiver: Receiver, allow_loopback, settings) -> Delivery:
+    """A real delivery to the local receiver that failed three times (500, 500, 503) and gave up."""
+    settings.WEBHOOK_RETRY_SCHEDULE = [0, 0]
+    receiver.reply = reply_sequence(
+        Reply(500, b'{"error": "database unavailable"}'),
+        Reply(500, b'{"error": "database unavailable"}'),
+        Reply(503, b"Service Unavailable"),
+        Reply(200, b'{"received": true}'),
+    )
+    seed_a_day_of_traffic()
+    Subscription.objects.create(url=receiver.url("/webhooks/invoices"), events=["invoice.*"])
+    event = publish("invoice.paid", {"invoice": "INV-2041", "amount": "129.00", "currency": "EUR"})
+    while deliver_batch():
+        pass
+    delivery = Delivery.objects.get(event=event)
+    assert (delivery.status, delivery.attempts.count()) == (Status.FAILED, 3)
+    return delivery
+
+
+def test_an_operator_finds_a_failed_delivery_and_redelivers_it(
+    browser, transactional_db, failed_delivery: Delivery, live_server, django_user_model, receiver: Receiver
+) -> None:
+    from playwright.sync_api import expect
+
+    django_user_model.objects.create_superuser("operator", "ops@example.com", PASSWORD)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+
+    page.goto(f"{live_server.url}/admin/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.click("text=Delivery dashboard")
+
+    expect(page.locator("#card-pending .value")).to_have_text(str(Delivery.objects.filter(status="pending").count()))
+    expect(page.locator("svg.hr-chart g.hr-bar")).to_have_count(24)
+    expect(page.locator("#failing-subscriptions")).to_contain_text("5 consecutive failed deliveries")
+    page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
+
+    page.goto(f"{live_server.url}/admin/deliveries/delivery/")
+    page.fill("#searchbar", failed_delivery.event_id)
+    page.press("#searchbar", "Enter")
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    page.click(f"#result_list a:text('{failed_delivery.pk}')")
+
+    expect(page.locator(".field-status_label .hr-status")).to_have_text("failed")
+    expect(page.locator("#attempts-group tbody tr.has_original")).to_have_count(3)
+    page.click("#redeliver-now")
+    expect(page.locator(".messagelist")).to_contain_text("Queued 1 deliveries for redelivery now.")
+    expect(page.locator(".field-status_label .hr-status")).to_have_text("pending")
+
+    assert deliver_batch() == 1  # what a worker would do now
+    page.reload()
+
+    expect(page.locator(".field-status_label .hr-status")).to_have_text("succeeded")
+    newest = page.locator("#attempts-group tbody tr.has_original").first
+    expect(newest.locator(".field-number")).to_have_text("4")
+    expect(newest.locator(".field-status_code")).to_have_text("200")
+    expect(newest.locator(".field-outcome")).to_have_text("succeeded")
+    expect(newest.locator(".field-response_excerpt")).to_contain_text('{"received": true}')
+    page.screenshot(path=str(SCREENSHOTS / "delivery.png"), full_page=True)
+
+    webhook_ids = {request.headers["webhook-id"] for request in receiver.requests}
+    assert webhook_ids == {failed_delivery.event_id} and len(receiver.requests) == 4
+    assert Attempt.objects.filter(delivery=failed_delivery, success=True).count() == 1
