@@ -14,6 +14,7 @@ $(STAMP): requirements.txt
 run: $(STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v0
+	rm -rf .data/metrics  # samples of processes that are gone: every process restarts here
 	@trap 'kill 0' INT TERM EXIT; \
 	$(VENV)/bin/celery -A config worker --beat --loglevel=INFO & \
 	$(PY) manage.py runserver 127.0.0.1:8000 & \

@@ -11,7 +11,9 @@ FIELDS = ("event", "delivery", "subscription", "attempt", "outcome", "status", "
 class CorrelationIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "correlation_id", None):
-            record.correlation_id = correlation.get() or "-"
+            # Django logs 4xx/5xx responses ("django.request") after the middleware has returned.
+            request = getattr(record, "request", None)
+            record.correlation_id = getattr(request, "correlation_id", "") or correlation.get() or "-"
         return True
 
 

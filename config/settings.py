@@ -59,6 +59,9 @@ if USING_SQLITE:
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 600)
+    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        # libpq waits forever by default: /healthz and workers should give up on a silent server.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 SECRET_KEY = env_str("SECRET_KEY")

@@ -7,10 +7,11 @@ set from ``settings.API_DEPRECATIONS``.
 
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from rest_framework.renderers import JSONRenderer
 
@@ -38,12 +39,24 @@ def requested_version(request: HttpRequest) -> str:
 class DeprecationMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+        check_deprecations(settings.API_DEPRECATIONS)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
         if request.path.startswith("/api/"):
             add_deprecation_headers(response, settings.API_DEPRECATIONS.get(requested_version(request), {}))
         return response
+
+
+def check_deprecations(notices: dict[str, dict[str, str]]) -> None:
+    """A malformed date fails at start, not as a 500 on every API request."""
+    for version, notice in notices.items():
+        for name, value in notice.items():
+            try:
+                if value:
+                    parse_instant(value)
+            except ValueError:
+                raise ImproperlyConfigured(f"API version {version} {name}: {value!r} is not an ISO 8601 time") from None
 
 
 def add_deprecation_headers(response: HttpResponse, notice: dict[str, str]) -> None:
@@ -54,4 +67,6 @@ def add_deprecation_headers(response: HttpResponse, notice: dict[str, str]) -> N
 
 
 def parse_instant(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    """ISO 8601, in UTC unless it says otherwise; RFC 8594's HTTP-date must be given in GMT."""
+    instant = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return (instant if instant.tzinfo else instant.replace(tzinfo=UTC)).astimezone(UTC)

@@ -19,7 +19,8 @@ def _check_database() -> str:
 
 
 def _check_broker() -> str:
-    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})
+    # connect_timeout bounds only the TCP connect: a broker that accepts and never answers needs a read timeout.
+    options = {**getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}), "socket_timeout": CHECK_TIMEOUT}
     try:
         with Connection(settings.CELERY_BROKER_URL, connect_timeout=CHECK_TIMEOUT, transport_options=options) as broker:
             broker.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT)
