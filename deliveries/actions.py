@@ -94,16 +94,7 @@ def recover(subscription: Subscription, since: datetime) -> int:
 @transaction.atomic
 def record_single_attempt(delivery: Delivery, number: int, result) -> None:
     """Record an attempt that ends its delivery either way (a ping): no retry, no alert, no counters."""
-    Attempt.objects.create(
-        delivery=delivery,
-        number=number,
-        started_at=result.started_at,
-        duration_ms=result.duration_ms,
-        status_code=result.status_code,
-        error=result.error,
-        response_body=result.response_body,
-        success=result.success,
-    )
+    Attempt.from_result(delivery.pk, number, result).save(force_insert=True)
     delivery.status = Status.SUCCEEDED if result.success else Status.FAILED
     delivery.completed_at = timezone.now()
     delivery.last_error, delivery.last_status_code = result.error, result.status_code

@@ -86,3 +86,17 @@ class Attempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of {self.delivery_id}"
+
+    @classmethod
+    def from_result(cls, delivery_id: str, number: int, result) -> "Attempt":
+        """An attempt as the sender reported it (a ``deliveries.sender.Result``)."""
+        return cls(
+            delivery_id=delivery_id,
+            number=number,
+            started_at=result.started_at,
+            duration_ms=result.duration_ms,
+            status_code=result.status_code,
+            error=result.error,
+            response_body=result.response_body,
+            success=result.success,
+        )

@@ -176,27 +176,13 @@ def record(jobs: list[Job]) -> None:
     if not jobs:
         return
     with transaction.atomic():
-        Attempt.objects.bulk_create(_attempt(job) for job in jobs)
+        Attempt.objects.bulk_create(Attempt.from_result(job.delivery.pk, job.number, job.result) for job in jobs)
         aftermath = Aftermath(set(), [], [])
         for job in sorted(jobs, key=lambda j: j.delivery.pk):
             _apply(job, aftermath)
     for job in jobs:
         _observe(job)
     _settle_subscriptions(aftermath)
-
-
-def _attempt(job: Job) -> Attempt:
-    result = job.result
-    return Attempt(
-        delivery_id=job.delivery.pk,
-        number=job.number,
-        started_at=result.started_at,
-        duration_ms=result.duration_ms,
-        status_code=result.status_code,
-        error=result.error,
-        response_body=result.response_body,
-        success=result.success,
-    )
 
 
 def _apply(job: Job, aftermath: Aftermath) -> None:
