@@ -6,9 +6,10 @@ HTTP call; a worker killed mid-send leaves a lease that expires and the sweeper 
 
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -35,6 +36,15 @@ CLAIM_SQL_POSTGRESQL = (
     "FROM due WHERE d.id = due.id RETURNING d.id, d.attempt_count"
 )
 # SQLite serialises writers and evaluates the subquery once; the repeated condition keeps it honest.
+SAVE_OUTCOMES_SQL = (
+    "WITH v(id, number, status, next_attempt_at, completed_at, failures, last_error, last_status_code) "
+    "AS (VALUES {rows}) "
+    "UPDATE deliveries_delivery SET status = v.status, next_attempt_at = v.next_attempt_at, "
+    "completed_at = v.completed_at, failures = v.failures, last_error = v.last_error, "
+    "last_status_code = v.last_status_code FROM v "
+    "WHERE deliveries_delivery.id = v.id AND deliveries_delivery.attempt_count = v.number "
+    "AND deliveries_delivery.status = %s RETURNING deliveries_delivery.id"
+)
 CLAIM_SQL_SQLITE = (
     "UPDATE deliveries_delivery SET next_attempt_at = %(lease_until)s, attempt_count = attempt_count + 1 "
     "WHERE id IN (SELECT id FROM deliveries_delivery WHERE status = %(pending)s AND next_attempt_at <= %(now)s "
@@ -90,9 +100,12 @@ def drain(budget: float = DRAIN_BUDGET_SECONDS) -> int:
 
 
 def deliver_batch(limit: int | None = None) -> int:
-    claimed = claim(limit or settings.WEBHOOK_BATCH_SIZE)
+    limit = limit or settings.WEBHOOK_BATCH_SIZE
+    claimed = claim(limit)
     if not claimed:
         return 0
+    if len(claimed) == limit:
+        wake()  # probably more due: another worker process can claim the next batch while this one sends
     send_deadline = time.monotonic() + settings.WEBHOOK_LEASE_MARGIN
     deliveries = Delivery.objects.filter(id__in=claimed).select_related("event", "subscription")
     jobs = [Job(d, claimed[d.id]) for d in deliveries]
@@ -173,43 +186,71 @@ class Aftermath:
 
 
 def record(jobs: list[Job]) -> None:
+    """Record a batch in one transaction: the attempts in one insert, the deliveries in one update."""
     if not jobs:
         return
+    jobs = sorted(jobs, key=lambda j: j.delivery.pk)
+    for job in jobs:
+        _move_on(job)
     with transaction.atomic():
         Attempt.objects.bulk_create(Attempt.from_result(job.delivery.pk, job.number, job.result) for job in jobs)
-        aftermath = Aftermath(set(), [], [])
-        for job in sorted(jobs, key=lambda j: j.delivery.pk):
-            _apply(job, aftermath)
-    for job in jobs:
-        _observe(job)
-    _settle_subscriptions(aftermath)
+        ours = save_outcomes(jobs)
+    _observe(jobs)
+    _settle_subscriptions(_aftermath([job for job in jobs if job.delivery.pk in ours]))
 
 
-def _apply(job: Job, aftermath: Aftermath) -> None:
-    """Move one delivery on from its attempt, only if it is still ours (pending, same attempt number)."""
+def _move_on(job: Job) -> None:
+    """Set the delivery's next state from its attempt: succeeded, due again after a delay, or failed."""
     delivery, result = job.delivery, job.result
-    ours = Delivery.objects.filter(pk=delivery.pk, status=Status.PENDING, attempt_count=job.number)
     finished_at = result.started_at + timedelta(milliseconds=result.duration_ms)
     delivery.attempt_count, delivery.last_error, delivery.last_status_code = (
         job.number,
         result.error,
         result.status_code,
     )
-    outcome = {"last_error": result.error, "last_status_code": result.status_code}
     if result.success:
-        if ours.update(status=Status.SUCCEEDED, next_attempt_at=None, completed_at=finished_at, **outcome):
-            aftermath.succeeded.add(delivery.subscription_id)
+        delivery.status, delivery.next_attempt_at, delivery.completed_at = Status.SUCCEEDED, None, finished_at
         return
     delivery.failures += 1
     delay = None if result.status_code == 410 else delivery.retry_delay()
     if delay is not None:
-        ours.update(next_attempt_at=finished_at + delay, failures=F("failures") + 1, **outcome)
-        return
-    if ours.update(
-        status=Status.FAILED, next_attempt_at=None, completed_at=finished_at, failures=F("failures") + 1, **outcome
-    ):
-        delivery.status = Status.FAILED
-        (aftermath.gone if result.status_code == 410 else aftermath.failed_for_good).append(delivery)
+        delivery.next_attempt_at = finished_at + delay
+    else:
+        delivery.status, delivery.next_attempt_at, delivery.completed_at = Status.FAILED, None, finished_at
+
+
+def save_outcomes(jobs: list[Job]) -> set[str]:
+    """Write every job's new state where the row is still ours (pending, same attempt number).
+
+    Returns the ids written: a row a late worker no longer owns (redelivered, disabled, cancelled)
+    keeps the newer state.
+    """
+    cast = (lambda kind: f"CAST(%s AS {kind})") if connection.vendor == "postgresql" else (lambda kind: "%s")
+    row = f"(%s, %s, %s, {cast('timestamptz')}, {cast('timestamptz')}, %s, {cast('text')}, {cast('smallint')})"
+    params: list = []
+    for job in jobs:
+        d = job.delivery
+        params += [d.pk, job.number, d.status, _db_time(d.next_attempt_at), _db_time(d.completed_at)]
+        params += [d.failures, d.last_error, d.last_status_code]
+    sql = SAVE_OUTCOMES_SQL.format(rows=", ".join([row] * len(jobs)))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, Status.PENDING])
+        return {pk for (pk,) in cursor.fetchall()}
+
+
+def _db_time(value: datetime | None):
+    return connection.ops.adapt_datetimefield_value(value) if value else None
+
+
+def _aftermath(jobs: list[Job]) -> Aftermath:
+    aftermath = Aftermath(set(), [], [])
+    for job in jobs:
+        delivery = job.delivery
+        if delivery.status == Status.SUCCEEDED:
+            aftermath.succeeded.add(delivery.subscription_id)
+        elif delivery.status == Status.FAILED:
+            (aftermath.gone if delivery.last_status_code == 410 else aftermath.failed_for_good).append(delivery)
+    return aftermath
 
 
 def _settle_subscriptions(aftermath: Aftermath) -> None:
@@ -233,15 +274,24 @@ def _count_failure(subscription: Subscription) -> None:
         actions.disable_subscription(subscription, f"{subscription.consecutive_failures} consecutive failed deliveries")
 
 
-def _observe(job: Job) -> None:
-    """One log line and the metrics for an attempt (CONTRACT.md section 3, Operations)."""
+def _observe(jobs: list[Job]) -> None:
+    """One log line per attempt, and the batch's metrics (CONTRACT.md section 3, Operations)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for job in jobs:
+        result = job.result
+        outcome = "success" if result.success else "failure"
+        counts[outcome, metrics.status_class(result.status_code)] += 1
+        metrics.ATTEMPT_DURATION.observe(result.duration_ms / 1000)
+        if result.success:
+            latency = job.delivery.completed_at - job.delivery.event.created_at
+            metrics.DELIVERY_LATENCY.observe(max(0.0, latency.total_seconds()))
+        _log_attempt(job, outcome)
+    for labels, count in counts.items():
+        metrics.ATTEMPTS.labels(*labels).inc(count)
+
+
+def _log_attempt(job: Job, outcome: str) -> None:
     delivery, result = job.delivery, job.result
-    outcome = "success" if result.success else "failure"
-    metrics.ATTEMPTS.labels(outcome, metrics.status_class(result.status_code)).inc()
-    metrics.ATTEMPT_DURATION.observe(result.duration_ms / 1000)
-    if result.success:
-        finished_at = result.started_at + timedelta(milliseconds=result.duration_ms)
-        metrics.DELIVERY_LATENCY.observe(max(0.0, (finished_at - delivery.event.created_at).total_seconds()))
     fields = {
         "event": delivery.event_id,
         "delivery": delivery.id,

@@ -117,8 +117,8 @@ def test_a_410_disables_the_subscription_and_fails_the_delivery(start_worker, re
 
     receiver.wait_for(1)
     wait_until(lambda: delivery_of(event.id).status == Status.FAILED)
+    wait_until(lambda: not Subscription.objects.get(pk=subscription.pk).is_active, timeout=5)
     subscription.refresh_from_db()
-    assert subscription.is_active is False
     assert "410" in subscription.disabled_reason
     publish("order.created", {})
     time.sleep(1.5)

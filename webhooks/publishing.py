@@ -76,8 +76,8 @@ def record_event(fields: dict) -> Event:
         ).update(idempotency_key=None)
     event = Event.objects.create(**fields)
     transaction.on_commit(metrics.EVENTS_PUBLISHED.inc)
-    subscriptions = Subscription.objects.receiving(event.type, event.tenant)
-    event.delivery_count = len(create_deliveries(event, subscriptions))
+    receivers = Subscription.objects.receiving(event.type, event.tenant)
+    event.delivery_count = len(create_deliveries(event, receivers))
     event.replayed = False
     return event
 
