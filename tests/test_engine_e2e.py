@@ -4,11 +4,13 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import time
 from collections.abc import Callable
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import transaction
 
 from deliveries.models import Delivery, Status
 from subscriptions.models import Subscription
@@ -164,3 +166,39 @@ def test_a_recovering_endpoint_gets_the_delivery_on_retry(start_worker, receiver
     receiver.wait_for(2)
     wait_until(lambda: delivery_of(event.id).status == Status.SUCCEEDED)
     assert [a.success for a in delivery_of(event.id).attempts.order_by("number")] == [False, True]
+
+
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def rabbitmq_missing() -> str | None:
+    from kombu import Connection
+
+    try:
+        with Connection(RABBITMQ_URL, connect_timeout=3) as broker:
+            broker.ensure_connection(max_retries=1)
+    except Exception as exc:
+        return f"RabbitMQ at {RABBITMQ_URL} does not answer: {exc}"
+    return None
+
+
+def test_rabbitmq_works_as_the_broker(start_worker, receiver: Receiver) -> None:
+    missing = rabbitmq_missing()
+    if missing:
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail(missing)
+        pytest.skip(missing)
+    from kombu import Connection
+
+    from deliveries.tasks import drain
+
+    start_worker(beat=False, CELERY_BROKER_URL=RABBITMQ_URL)
+    Subscription.objects.create(url=receiver.url(), events=["#"])
+    with transaction.atomic():
+        event = publish("order.created", {"broker": "rabbitmq"})
+    with Connection(RABBITMQ_URL) as broker:
+        drain.apply_async(connection=broker)  # the wake-up, through RabbitMQ
+
+    (request,) = receiver.wait_for(1)
+    assert request.headers["webhook-id"] == event.id
+    wait_until(lambda: delivery_of(event.id).status == Status.SUCCEEDED)
