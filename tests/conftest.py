@@ -62,6 +62,17 @@ def fast_password_hashing(settings) -> None:
 
 
 @pytest.fixture
+def operator(db, django_user_model):
+    """A test client logged in to the admin as a superuser."""
+    from django.test import Client
+
+    user = django_user_model.objects.create_superuser("ops", "ops@example.com", "pw")
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
 def acme(db) -> Tenant:
     return Tenant.objects.create(slug="acme", name="Acme")
 

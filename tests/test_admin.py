@@ -29,14 +29,6 @@ DELIVERIES_URL = "/admin/deliveries/delivery/"
 SUBSCRIPTIONS_URL = "/admin/subscriptions/subscription/"
 
 
-@pytest.fixture
-def operator(db, django_user_model) -> Client:
-    user = django_user_model.objects.create_superuser("ops", "ops@example.com", "pw")
-    client = Client(HTTP_HOST="localhost")
-    client.force_login(user)
-    return client
-
-
 def texts(response) -> list[str]:
     return [str(message) for message in get_messages(response.wsgi_request)]
 

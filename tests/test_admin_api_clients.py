@@ -2,7 +2,6 @@
 
 import re
 
-import pytest
 from django.test import Client
 from oauth2_provider.models import AccessToken, Application
 
@@ -10,16 +9,8 @@ from subscriptions.models import ApiClient, Tenant
 from tests.conftest import basic_auth
 
 
-@pytest.fixture
-def admin_client_(db, django_user_model) -> Client:
-    user = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
-    client = Client(HTTP_HOST="localhost")
-    client.force_login(user)
-    return client
-
-
-def test_an_admin_creates_a_client_and_sees_its_secret_once(admin_client_: Client, acme: Tenant) -> None:
-    response = admin_client_.post(
+def test_an_admin_creates_a_client_and_sees_its_secret_once(operator: Client, acme: Tenant) -> None:
+    response = operator.post(
         "/admin/subscriptions/apiclient/add/",
         {"name": "shop", "tenant": acme.pk, "scope_list": ["events.publish", "deliveries.read"]},
         follow=True,
@@ -39,11 +30,11 @@ def test_an_admin_creates_a_client_and_sees_its_secret_once(admin_client_: Clien
     assert token.json()["scope"] == "events.publish deliveries.read"
 
 
-def test_deleting_a_client_revokes_its_tokens(admin_client_: Client, make_api) -> None:
+def test_deleting_a_client_revokes_its_tokens(operator: Client, make_api) -> None:
     api = make_api(tenant="acme")
     client = ApiClient.objects.get(application__client_id=api.client_id)
 
-    response = admin_client_.post(f"/admin/subscriptions/apiclient/{client.pk}/delete/", {"post": "yes"})
+    response = operator.post(f"/admin/subscriptions/apiclient/{client.pk}/delete/", {"post": "yes"})
 
     assert response.status_code == 302
     assert not Application.objects.filter(client_id=api.client_id).exists()
