@@ -25,6 +25,7 @@ test: export SECRET_KEY ?= insecure-key-for-tests-only
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) manage.py spectacular --validate --fail-on-warn --file $(VENV)/openapi.yml
 	$(VENV)/bin/pytest
 
 lint: $(STAMP)
