@@ -1,22 +1,47 @@
-from django.db import transaction
+from django.db import connection, transaction
 
-from deliveries.models import Delivery
+from deliveries.models import Delivery, Status, new_delivery_id
 from deliveries.wake import wake
 
+# PostgreSQL: the whole fan-out as one statement with two array parameters. Building 5,000 model
+# instances for bulk_create took most of publish()'s time in the fan-out benchmark.
+INSERT_FANOUT_SQL = (
+    "INSERT INTO deliveries_delivery (id, event_id, subscription_id, event_type, status, attempt_count, "
+    "failures, next_attempt_at, created_at) "
+    "SELECT row.id, %(event)s, row.subscription, %(type)s, %(pending)s, 0, 0, %(now)s, %(now)s "
+    "FROM unnest(%(ids)s::text[], %(subscriptions)s::text[]) AS row(id, subscription)"
+)
 
-def create_deliveries(event, subscription_ids: list[str]) -> list[Delivery]:
+
+def create_deliveries(event, subscription_ids: list[str]) -> int:
     """One pending delivery per subscription, in the caller's transaction; a worker wakes on commit."""
-    rows = [
-        Delivery(
-            event=event,
-            subscription_id=subscription_id,
-            event_type=event.type,
-            next_attempt_at=event.created_at,
-            created_at=event.created_at,
+    if not subscription_ids:
+        return 0
+    if connection.vendor == "postgresql":
+        _insert_with_arrays(event, subscription_ids)
+    else:
+        Delivery.objects.bulk_create(
+            Delivery(
+                event=event,
+                subscription_id=subscription_id,
+                event_type=event.type,
+                next_attempt_at=event.created_at,
+                created_at=event.created_at,
+            )
+            for subscription_id in subscription_ids
         )
-        for subscription_id in subscription_ids
-    ]
-    if rows:
-        Delivery.objects.bulk_create(rows)
-        transaction.on_commit(wake)
-    return rows
+    transaction.on_commit(wake)
+    return len(subscription_ids)
+
+
+def _insert_with_arrays(event, subscription_ids: list[str]) -> None:
+    params = {
+        "event": event.id,
+        "type": event.type,
+        "pending": Status.PENDING,
+        "now": event.created_at,
+        "ids": [new_delivery_id() for _ in subscription_ids],
+        "subscriptions": subscription_ids,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(INSERT_FANOUT_SQL, params)

@@ -77,7 +77,7 @@ def record_event(fields: dict) -> Event:
     event = Event.objects.create(**fields)
     transaction.on_commit(metrics.EVENTS_PUBLISHED.inc)
     receivers = Subscription.objects.receiving(event.type, event.tenant)
-    event.delivery_count = len(create_deliveries(event, receivers))
+    event.delivery_count = create_deliveries(event, receivers)
     event.replayed = False
     return event
 
