@@ -13,7 +13,4 @@ class SubscriptionFilter(django_filters.FilterSet):
         fields = ["is_active", "event"]
 
     def receiving(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
-        # The view select_related()s the tenant, which only() may not defer.
-        candidates = queryset.select_related(None).only("id", "events")
-        matching = [s.id for s in candidates if s.matches(value)]
-        return queryset.filter(id__in=matching)
+        return queryset.filter(id__in=queryset.select_related(None).matching_ids(value))

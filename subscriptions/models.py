@@ -32,10 +32,14 @@ class SubscriptionQuerySet(models.QuerySet):
     def for_tenant(self, tenant: Tenant | None) -> "SubscriptionQuerySet":
         return self.filter(tenant=tenant) if tenant else self.filter(tenant__isnull=True)
 
-    def receiving(self, event_type: str, tenant: Tenant | None) -> list[str]:
-        """Ids of the active subscriptions of ``tenant`` (or of no tenant) whose patterns match ``event_type``."""
-        candidates = self.live().for_tenant(tenant).filter(is_active=True).values_list("id", "events")
+    def matching_ids(self, event_type: str) -> list[str]:
+        """Ids of the subscriptions in this queryset whose patterns match ``event_type``."""
+        candidates = self.values_list("id", "events")
         return [pk for pk, patterns in candidates if any(topics.matches(p, event_type) for p in patterns)]
+
+    def receiving(self, event_type: str, tenant: Tenant | None) -> list[str]:
+        """Ids of the active subscriptions of ``tenant`` (or of no tenant) that receive ``event_type``."""
+        return self.live().for_tenant(tenant).filter(is_active=True).matching_ids(event_type)
 
 
 class Subscription(models.Model):
