@@ -4,12 +4,15 @@ DESIGN.md sections 3 and 6: the claim is one autocommit UPDATE, so the lease is 
 HTTP call; a worker killed mid-send leaves a lease that expires and the sweeper hands the row out again.
 """
 
+import json
 import logging
+import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from queue import Empty, SimpleQueue
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -31,7 +34,7 @@ GONE_REASON = "endpoint answered 410 Gone"
 # claim(20) leased 300 rows that way.
 CLAIM_SQL_POSTGRESQL = (
     "WITH due AS (SELECT id FROM deliveries_delivery WHERE status = %(pending)s AND next_attempt_at <= %(now)s "
-    "ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+    "AND NOT (subscription_id = ANY(%(exclude)s)) ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
     "UPDATE deliveries_delivery AS d SET next_attempt_at = %(lease_until)s, attempt_count = d.attempt_count + 1 "
     "FROM due WHERE d.id = due.id RETURNING d.id, d.attempt_count"
 )
@@ -45,10 +48,28 @@ SAVE_OUTCOMES_SQL = (
     "WHERE deliveries_delivery.id = v.id AND deliveries_delivery.attempt_count = v.number "
     "AND deliveries_delivery.status = %s RETURNING deliveries_delivery.id"
 )
+# PostgreSQL: a batch's attempts and outcomes as arrays, one statement (so one implicit transaction).
+RECORD_COLUMNS = (
+    "id", "number", "status", "next_attempt_at", "completed_at", "failures",
+    "error", "status_code", "started_at", "duration_ms", "response_body", "success",
+)  # fmt: skip
+RECORD_SQL_POSTGRESQL = (
+    "WITH v AS (SELECT * FROM unnest(%(id)s::text[], %(number)s::int[], %(status)s::text[], "
+    "%(next_attempt_at)s::timestamptz[], %(completed_at)s::timestamptz[], %(failures)s::int[], %(error)s::text[], "
+    "%(status_code)s::int[], %(started_at)s::timestamptz[], %(duration_ms)s::int[], %(response_body)s::text[], "
+    "%(success)s::bool[]) AS v(id, number, status, next_attempt_at, completed_at, failures, error, status_code, "
+    "started_at, duration_ms, response_body, success)), "
+    "attempts AS (INSERT INTO deliveries_attempt (delivery_id, number, started_at, duration_ms, status_code, error, "
+    "response_body, success) SELECT id, number, started_at, duration_ms, status_code, error, response_body, success "
+    "FROM v) "
+    "UPDATE deliveries_delivery AS d SET status = v.status, next_attempt_at = v.next_attempt_at, "
+    "completed_at = v.completed_at, failures = v.failures, last_error = v.error, last_status_code = v.status_code "
+    "FROM v WHERE d.id = v.id AND d.attempt_count = v.number AND d.status = %(pending)s RETURNING d.id"
+)
 CLAIM_SQL_SQLITE = (
     "UPDATE deliveries_delivery SET next_attempt_at = %(lease_until)s, attempt_count = attempt_count + 1 "
     "WHERE id IN (SELECT id FROM deliveries_delivery WHERE status = %(pending)s AND next_attempt_at <= %(now)s "
-    "ORDER BY next_attempt_at LIMIT %(limit)s) "
+    "AND subscription_id NOT IN (SELECT value FROM json_each(%(exclude)s)) ORDER BY next_attempt_at LIMIT %(limit)s) "
     "AND status = %(pending)s AND next_attempt_at <= %(now)s RETURNING id, attempt_count"
 )
 
@@ -58,15 +79,17 @@ def lease_seconds() -> int:
     return 2 * settings.WEBHOOK_TIMEOUT + settings.WEBHOOK_LEASE_MARGIN
 
 
-def claim(limit: int) -> dict[str, int]:
-    """Lease up to ``limit`` due deliveries; returns {delivery id: the attempt number this claim took}.
+def claim(limit: int, exclude: set[str] = frozenset()) -> dict[str, int]:
+    """Lease up to ``limit`` due deliveries, none of the ``exclude`` subscriptions'.
 
-    On PostgreSQL ``SKIP LOCKED`` lets workers pass each other; on SQLite a conditional UPDATE does
-    the same job (DESIGN.md section 7).
+    Returns {delivery id: the attempt number this claim took}. On PostgreSQL ``SKIP LOCKED`` lets workers
+    pass each other; on SQLite a conditional UPDATE does the same job (DESIGN.md section 7).
     """
     now = timezone.now()
-    sql = CLAIM_SQL_POSTGRESQL if connection.vendor == "postgresql" else CLAIM_SQL_SQLITE
+    postgresql = connection.vendor == "postgresql"
+    sql = CLAIM_SQL_POSTGRESQL if postgresql else CLAIM_SQL_SQLITE
     params = {
+        "exclude": sorted(exclude) if postgresql else json.dumps(sorted(exclude)),
         "pending": Status.PENDING,
         "now": connection.ops.adapt_datetimefield_value(now),
         "lease_until": connection.ops.adapt_datetimefield_value(now + timedelta(seconds=lease_seconds())),
@@ -81,61 +104,227 @@ def claim(limit: int) -> dict[str, int]:
 class Job:
     delivery: Delivery
     number: int
+    claimed_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    slow: bool = False  # a send to a slow endpoint: it holds a thread, never one of the fresh slots
     result: Result | None = None
 
-
-def drain(budget: float = DRAIN_BUDGET_SECONDS) -> int:
-    """Deliver what is due now, batch after batch while batches come back full; re-queue when out of time."""
-    clear_wake()
-    deadline = time.monotonic() + budget
-    total = 0
-    while True:
-        count = deliver_batch()
-        total += count
-        if count < settings.WEBHOOK_BATCH_SIZE:
-            return total
-        if time.monotonic() > deadline:
-            wake()
-            return total
+    @property
+    def subscription_id(self) -> str:
+        return self.delivery.subscription_id
 
 
-def deliver_batch(limit: int | None = None) -> int:
-    limit = limit or settings.WEBHOOK_BATCH_SIZE
-    claimed = claim(limit)
-    if not claimed:
-        return 0
-    if len(claimed) == limit:
-        wake()  # probably more due: another worker process can claim the next batch while this one sends
-    send_deadline = time.monotonic() + settings.WEBHOOK_LEASE_MARGIN
-    deliveries = Delivery.objects.filter(id__in=claimed).select_related("event", "subscription")
-    jobs = [Job(d, claimed[d.id]) for d in deliveries]
-    sendable = [job for job in jobs if job.delivery.subscription.is_active]
-    _send_all(sendable, send_deadline)
-    _release_unsent([job for job in sendable if job.result is None])
-    _settle_inactive([job for job in jobs if not job.delivery.subscription.is_active])
-    record([job for job in sendable if job.result is not None])
-    return len(claimed)
+class Slowness:
+    """Subscriptions whose last send from this process was slow, remembered for a while.
+
+    Their next sends go straight to the slow lane (DESIGN.md section 6: known-bad endpoints must not
+    occupy the slots that serve fresh deliveries). A fast answer forgets it at once.
+    """
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    def is_slow(self, subscription_id: str, now: float) -> bool:
+        until = self._until.get(subscription_id)
+        return until is not None and until > now
+
+    def known(self, now: float) -> set[str]:
+        return {subscription_id for subscription_id, until in self._until.items() if until > now}
+
+    def saw(self, subscription_id: str, seconds: float, now: float) -> None:
+        if seconds < SLOW_AFTER:
+            self._until.pop(subscription_id, None)
+            return
+        if len(self._until) >= SLOW_REMEMBERED:
+            self._until = {key: until for key, until in self._until.items() if until > now}
+        self._until[subscription_id] = now + SLOW_MEMORY
 
 
+SLOW_AFTER = 0.25  # seconds: a send still running after this stops holding a fresh slot
+SLOW_MEMORY = 60.0  # seconds a subscription stays in the slow lane after a slow send
+SLOW_REMEMBERED = 10_000
+SLOW_PER_SUBSCRIPTION = 4  # sends in flight to one slow subscription, per worker process
+RECORD_DELAY = 0.05  # seconds a finished send may wait to be recorded with others
+_slowness = Slowness()
 _executor: ThreadPoolExecutor | None = None
+_executor_pid = 0
 
 
 def _pool() -> ThreadPoolExecutor:
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=settings.WEBHOOK_SEND_CONCURRENCY, thread_name_prefix="send")
+    global _executor, _executor_pid
+    if _executor is None or _executor_pid != os.getpid():
+        _executor = ThreadPoolExecutor(max_workers=settings.WEBHOOK_SEND_THREADS, thread_name_prefix="send")
+        _executor_pid = os.getpid()
     return _executor
 
 
-def _send_all(jobs: list[Job], send_deadline: float) -> None:
-    bodies: dict[str, bytes] = {}
+def drain(budget: float = DRAIN_BUDGET_SECONDS) -> int:
+    """Deliver what is due, claiming as sends finish, until nothing is due or the budget is spent."""
+    clear_wake()
+    return Drain(budget).run()
 
-    def run(job: Job) -> None:
-        # A send that could not start in time would outlive its lease: leave it for the next claim.
-        if time.monotonic() < send_deadline:
-            job.result = sender.send(message_for(job, bodies))
 
-    list(_pool().map(run, jobs))
+def deliver_batch(limit: int | None = None) -> int:
+    """One claim of up to ``limit`` rows, every send of it finished and recorded; returns the rows handled."""
+    return Drain(0, claims=1, batch=limit).run()
+
+
+class Drain:
+    """One drain: up to ``WEBHOOK_SEND_CONCURRENCY`` fresh sends at a time, recorded in batches as they end.
+
+    The main thread claims and records; send threads only talk HTTP. A send still running after
+    ``SLOW_AFTER`` seconds gives its fresh slot to the next row, and its subscription goes to the slow
+    lane: at most ``SLOW_PER_SUBSCRIPTION`` sends in flight there, and no new rows claimed for it while
+    that many are. So one dead endpoint costs threads, never the healthy endpoints' pace.
+    """
+
+    def __init__(self, budget: float, claims: int | None = None, batch: int | None = None) -> None:
+        self.deadline = time.monotonic() + budget
+        self.claims_left = claims
+        self.batch = batch or settings.WEBHOOK_BATCH_SIZE
+        self.fresh_slots = settings.WEBHOOK_SEND_CONCURRENCY
+        self.slow_slots = max(0, settings.WEBHOOK_SEND_THREADS - self.fresh_slots)
+        self.queued: deque[Job] = deque()
+        self.running: list[Job] = []
+        self.finished: list[Job] = []
+        self.done: SimpleQueue[Job] = SimpleQueue()
+        self.more_due = True
+        self.handled = 0  # rows sent and recorded, or settled without a send; not rows given back
+        self.bodies: dict[str, bytes] = {}
+
+    def run(self) -> int:
+        try:
+            while True:
+                self.start_sends()
+                if not self.running:
+                    self.record()
+                    if not self.may_claim() and (not self.queued or self.out_of_time()):
+                        break
+                    continue
+                self.collect(timeout=RECORD_DELAY)
+                if len(self.finished) >= self.batch or self.finished_for(RECORD_DELAY):
+                    self.record()
+        finally:
+            _release_unsent(list(self.queued))
+        if self.more_due and self.claims_left is None:
+            wake()  # out of time with rows still due: the next drain carries on
+        return self.handled
+
+    def may_claim(self) -> bool:
+        if not self.more_due or self.claims_left == 0:
+            return False
+        if self.claims_left is not None or not self.out_of_time():
+            return True
+        # Past the budget the drain must still wait for its slow sends: it keeps the fresh slots busy
+        # meanwhile, so healthy endpoints never wait on a drain that is winding down.
+        slow_running = any(job.slow for job in self.running)
+        return slow_running and time.monotonic() < self.deadline + settings.WEBHOOK_TIMEOUT
+
+    def out_of_time(self) -> bool:
+        return self.claims_left is None and time.monotonic() >= self.deadline
+
+    def start_sends(self) -> None:
+        now = time.monotonic()
+        for job in self.running:
+            if not job.slow and now - job.started_at >= SLOW_AFTER:
+                job.slow = True
+                _slowness.saw(job.subscription_id, now - job.started_at, now)
+        fresh = sum(1 for job in self.running if not job.slow)
+        in_slow_lane = Counter(job.subscription_id for job in self.running if job.slow)
+        slow_slots = 0 if self.out_of_time() else self.slow_slots  # winding down: no new slow sends
+        give_back: list[Job] = []
+        claimed_now = False
+        while fresh < self.fresh_slots:
+            if not self.queued:
+                if claimed_now or not self.may_claim():
+                    break
+                self.claim(self.blocked(in_slow_lane, slow_slots, now))
+                claimed_now = True
+                continue
+            job = self.queued.popleft()
+            subscription = job.subscription_id
+            if now > job.claimed_at + settings.WEBHOOK_LEASE_MARGIN:
+                give_back.append(job)  # it could not start in time and would outlive its lease
+            elif _slowness.is_slow(subscription, now) or in_slow_lane[subscription]:
+                lane_open = in_slow_lane.total() < slow_slots and in_slow_lane[subscription] < SLOW_PER_SUBSCRIPTION
+                if lane_open:
+                    self.start(job, now, slow=True)
+                    in_slow_lane[subscription] += 1
+                else:
+                    give_back.append(job)  # holding it would only block the claims behind it
+            else:
+                self.start(job, now, slow=False)
+                fresh += 1
+        if give_back:
+            _release_unsent(give_back)
+            self.more_due = True  # they are due again at once, for whoever has room
+
+    def blocked(self, in_slow_lane: Counter[str], slow_slots: int, now: float) -> set[str]:
+        """Subscriptions whose rows this drain could not start now: leave them to the database."""
+        if in_slow_lane.total() >= slow_slots:
+            return set(in_slow_lane) | _slowness.known(now)
+        return {subscription for subscription, count in in_slow_lane.items() if count >= SLOW_PER_SUBSCRIPTION}
+
+    def claim(self, blocked: set[str]) -> None:
+        if self.claims_left is not None:
+            self.claims_left -= 1
+        claimed = claim(self.batch, exclude=blocked)
+        # Rows of the blocked subscriptions may be due too: they come up once their slow sends end.
+        self.more_due = len(claimed) == self.batch or bool(blocked)
+        if not claimed:
+            return
+        if len(claimed) == self.batch and self.claims_left is None:
+            wake()  # probably more due: another worker process can claim the next batch meanwhile
+        now = time.monotonic()
+        deliveries = Delivery.objects.filter(id__in=claimed).select_related("event", "subscription")
+        jobs = sorted((Job(d, claimed[d.id], claimed_at=now) for d in deliveries), key=lambda j: j.delivery.pk)
+        inactive = [job for job in jobs if not job.delivery.subscription.is_active]
+        _settle_inactive(inactive)
+        self.handled += len(inactive)
+        self.queued.extend(job for job in jobs if job.delivery.subscription.is_active)
+
+    def start(self, job: Job, now: float, slow: bool) -> None:
+        job.started_at, job.slow = now, slow
+        self.running.append(job)
+        future = _pool().submit(self.send, job)
+        future.add_done_callback(lambda _: self.done.put(job))
+
+    def send(self, job: Job) -> None:
+        job.result = sender.send(message_for(job, self.bodies))
+
+    def collect(self, timeout: float) -> None:
+        try:
+            job = self.done.get(timeout=timeout)
+        except Empty:
+            return
+        while True:
+            self.finish(job)
+            try:
+                job = self.done.get_nowait()
+            except Empty:
+                return
+
+    def finish(self, job: Job) -> None:
+        self.running.remove(job)
+        if job.result is None:  # the send raised: a bug, not a subscriber's fault; the lease brings it back
+            logger.error("send of delivery %s ended without a result", job.delivery.pk)
+            return
+        now = time.monotonic()
+        _slowness.saw(job.subscription_id, now - job.started_at, now)
+        job.finished_at = now
+        self.finished.append(job)
+
+    def finished_for(self, seconds: float) -> bool:
+        return bool(self.finished) and time.monotonic() - self.finished[0].finished_at >= seconds
+
+    def record(self) -> None:
+        if self.finished:
+            jobs, self.finished = self.finished, []
+            record(jobs)
+            self.handled += len(jobs)
+        if not self.running and not self.queued:
+            self.bodies.clear()
 
 
 def message_for(job: Job, bodies: dict[str, bytes]) -> Message:
@@ -155,9 +344,16 @@ def message_for(job: Job, bodies: dict[str, bytes]) -> Message:
 
 
 def _release_unsent(jobs: list[Job]) -> None:
+    """Give back claimed rows that were never sent: due again now, with the attempt number they had.
+
+    Only rows still as this claim left them: one redelivered meanwhile belongs to its new claimer.
+    """
+    by_number: dict[int, list[str]] = {}
     for job in jobs:
-        Delivery.objects.filter(pk=job.delivery.pk, status=Status.PENDING, attempt_count=job.number).update(
-            attempt_count=job.number - 1, next_attempt_at=timezone.now()
+        by_number.setdefault(job.number, []).append(job.delivery.pk)
+    for number, ids in by_number.items():
+        Delivery.objects.filter(pk__in=ids, status=Status.PENDING, attempt_count=number).update(
+            attempt_count=number - 1, next_attempt_at=timezone.now()
         )
 
 
@@ -192,9 +388,12 @@ def record(jobs: list[Job]) -> None:
     jobs = sorted(jobs, key=lambda j: j.delivery.pk)
     for job in jobs:
         _move_on(job)
-    with transaction.atomic():
-        Attempt.objects.bulk_create(Attempt.from_result(job.delivery.pk, job.number, job.result) for job in jobs)
-        ours = save_outcomes(jobs)
+    if connection.vendor == "postgresql":
+        ours = _record_postgresql(jobs)
+    else:
+        with transaction.atomic():
+            Attempt.objects.bulk_create(Attempt.from_result(job.delivery.pk, job.number, job.result) for job in jobs)
+            ours = save_outcomes(jobs)
     _observe(jobs)
     _settle_subscriptions(_aftermath([job for job in jobs if job.delivery.pk in ours]))
 
@@ -217,6 +416,35 @@ def _move_on(job: Job) -> None:
         delivery.next_attempt_at = finished_at + delay
     else:
         delivery.status, delivery.next_attempt_at, delivery.completed_at = Status.FAILED, None, finished_at
+
+
+def _record_postgresql(jobs: list[Job]) -> set[str]:
+    """The attempts and the deliveries' new states in one statement: atomic, one round trip, a fixed text."""
+    columns: dict[str, list] = {name: [] for name in RECORD_COLUMNS}
+    for job in jobs:
+        delivery, result = job.delivery, job.result
+        for name, value in zip(
+            RECORD_COLUMNS,
+            (
+                delivery.pk,
+                job.number,
+                delivery.status,
+                delivery.next_attempt_at,
+                delivery.completed_at,
+                delivery.failures,
+                result.error,
+                result.status_code,
+                result.started_at,
+                result.duration_ms,
+                result.response_body,
+                result.success,
+            ),
+            strict=True,
+        ):
+            columns[name].append(value)
+    with connection.cursor() as cursor:
+        cursor.execute(RECORD_SQL_POSTGRESQL, {**columns, "pending": Status.PENDING})
+        return {pk for (pk,) in cursor.fetchall()}
 
 
 def save_outcomes(jobs: list[Job]) -> set[str]:

@@ -79,3 +79,16 @@ def test_concurrent_claimers_on_postgresql_never_share_a_row(transactional_db) -
     claimed = [pk for batch in results for pk in batch]
     assert sorted(claimed) == sorted(ids)
     assert max(len(batch) for batch in results) <= 7
+
+
+@pytest.mark.django_db
+def test_a_claim_skips_the_subscriptions_it_is_told_to() -> None:
+    # The slow lane: no new rows for a subscription that already has its share of slow sends in flight.
+    busy = make_pending(3)
+    other = make_pending(2)
+    busy_subscription = Delivery.objects.get(pk=busy[0]).subscription_id
+
+    claimed = claim(10, exclude={busy_subscription})
+
+    assert sorted(claimed) == sorted(other)
+    assert sorted(claim(10)) == sorted(busy)

@@ -1,0 +1,94 @@
+"""Slow endpoints do not hold up healthy ones (DESIGN.md section 6, issue 6 isolation).
+
+A send still running after ``SLOW_AFTER`` gives up its fresh slot; its subscription moves to the slow
+lane with a few threads of its own. Checked in-process against real receivers, by the order in which
+things happen rather than by how long they take.
+"""
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from deliveries import worker
+from deliveries.models import Attempt, Delivery, Status
+from subscriptions.models import Subscription
+from tests.receiver import Receiver, Reply
+from webhooks import publish
+
+pytestmark = pytest.mark.django_db
+
+
+class SlowPeer:
+    """A receiver that answers after ``delay`` seconds and counts how many requests it holds at once."""
+
+    def __init__(self, delay: float) -> None:
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.answered_at: list[float] = []
+        self.receiver = Receiver(self.reply).start()
+        self.delay = delay
+
+    def reply(self, request) -> Reply:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        time.sleep(self.delay)
+        with self.lock:
+            self.in_flight -= 1
+            self.answered_at.append(time.time())
+        return Reply()
+
+    def stop(self) -> None:
+        self.receiver.stop()
+
+
+@pytest.fixture
+def slow_peer() -> SlowPeer:
+    peer = SlowPeer(delay=1.5)
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(autouse=True)
+def forget_slowness(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker, "_slowness", worker.Slowness())
+
+
+def test_healthy_endpoints_are_served_while_slow_ones_are_still_answering(
+    settings, allow_loopback, receiver: Receiver, slow_peer: SlowPeer, subscribe: Callable[..., Subscription]
+) -> None:
+    settings.WEBHOOK_SEND_CONCURRENCY = 4
+    settings.WEBHOOK_BATCH_SIZE = 10
+    for n in range(6):
+        subscribe(slow_peer.receiver.url(f"/slow/{n}"))
+    subscribe(receiver.url("/healthy"))
+    for n in range(12):
+        publish("order.created", {"n": n})
+
+    assert worker.drain() == 12 * 7
+
+    healthy = receiver.wait_for(12)
+    # Six slow endpoints outnumber the four fresh slots: before the slow lane, the healthy endpoint's
+    # rows waited behind them, batch after batch.
+    first_slow_answer = min(slow_peer.answered_at)
+    assert max(r.arrived_at for r in healthy) < first_slow_answer
+    assert Delivery.objects.filter(status=Status.SUCCEEDED).count() == 12 * 7
+
+
+def test_a_slow_subscription_gets_only_its_share_of_threads(
+    settings, allow_loopback, slow_peer: SlowPeer, subscribe: Callable[..., Subscription]
+) -> None:
+    settings.WEBHOOK_SEND_CONCURRENCY = 2
+    settings.WEBHOOK_BATCH_SIZE = 20
+    subscription = subscribe(slow_peer.receiver.url())
+    for n in range(12):
+        publish("order.created", {"n": n})
+
+    assert worker.drain() == 12
+
+    # Two fresh sends reveal it as slow; from then on it never has more than its slow-lane share.
+    assert slow_peer.most_in_flight <= max(2, worker.SLOW_PER_SUBSCRIPTION)
+    assert Attempt.objects.filter(delivery__subscription=subscription, success=True).count() == 12
