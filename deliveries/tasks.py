@@ -5,12 +5,14 @@ from django.conf import settings
 
 from deliveries import worker
 
-TIME_LIMIT = int(worker.DRAIN_BUDGET_SECONDS + 2 * settings.WEBHOOK_TIMEOUT + settings.WEBHOOK_LEASE_MARGIN + 30)
+# The budget, the linger, the slow sends a winding-down drain waits for, and margin.
+WAITS = worker.DRAIN_BUDGET_SECONDS + worker.LINGER_SECONDS + 2 * settings.WEBHOOK_TIMEOUT
+TIME_LIMIT = int(WAITS + settings.WEBHOOK_LEASE_MARGIN + 30)
 
 
 @shared_task(name="deliveries.tasks.drain", time_limit=TIME_LIMIT, soft_time_limit=TIME_LIMIT - 10)
 def drain() -> int:
-    return worker.drain()
+    return worker.drain(linger=worker.LINGER_SECONDS)
 
 
 @shared_task(name="deliveries.tasks.sweep", time_limit=60, soft_time_limit=50)

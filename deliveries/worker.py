@@ -23,7 +23,7 @@ from config import metrics
 from deliveries import actions, alerts, sender
 from deliveries.models import Attempt, Delivery, Status
 from deliveries.sender import Message, Result
-from deliveries.wake import clear_wake, wake
+from deliveries.wake import clear_wake, wait_for_ring, wake
 from subscriptions.models import Subscription
 
 logger = logging.getLogger("hookrelay.deliveries")
@@ -146,6 +146,8 @@ SLOW_MEMORY = 60.0  # seconds a subscription stays in the slow lane after a slow
 SLOW_REMEMBERED = 10_000
 SLOW_PER_SUBSCRIPTION = 4  # sends in flight to one slow subscription, per worker process
 RECORD_DELAY = 0.05  # seconds a finished send may wait to be recorded with others
+LINGER_SECONDS = 2.0  # an idle drain task waits this long for a wake-up before it ends
+POLL_WHILE_IDLE = 0.5
 _slowness = Slowness()
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = 0
@@ -159,10 +161,14 @@ def _pool() -> ThreadPoolExecutor:
     return _executor
 
 
-def drain(budget: float = DRAIN_BUDGET_SECONDS) -> int:
-    """Deliver what is due, claiming as sends finish, until nothing is due or the budget is spent."""
+def drain(budget: float = DRAIN_BUDGET_SECONDS, linger: float = 0.0) -> int:
+    """Deliver what is due, claiming as sends finish, until nothing is due or the budget is spent.
+
+    With ``linger``, an idle drain waits that long for a wake-up before it ends: under steady traffic
+    a new event then reaches a drain that is already running, with no task to start (latency).
+    """
     clear_wake()
-    return Drain(budget).run()
+    return Drain(budget, linger=linger).run()
 
 
 def deliver_batch(limit: int | None = None) -> int:
@@ -179,8 +185,10 @@ class Drain:
     that many are. So one dead endpoint costs threads, never the healthy endpoints' pace.
     """
 
-    def __init__(self, budget: float, claims: int | None = None, batch: int | None = None) -> None:
+    def __init__(self, budget: float, claims: int | None = None, batch: int | None = None, linger: float = 0.0) -> None:
         self.deadline = time.monotonic() + budget
+        self.linger = linger
+        self.busy_at = time.monotonic()
         self.claims_left = claims
         self.batch = batch or settings.WEBHOOK_BATCH_SIZE
         self.fresh_slots = settings.WEBHOOK_SEND_CONCURRENCY
@@ -199,7 +207,9 @@ class Drain:
                 self.start_sends()
                 if not self.running:
                     self.record()
-                    if not self.may_claim() and (not self.queued or self.out_of_time()):
+                    if self.may_claim() or (self.queued and not self.out_of_time()):
+                        continue
+                    if self.queued or not self.wait_for_work():
                         break
                     continue
                 self.collect(timeout=RECORD_DELAY)
@@ -220,6 +230,16 @@ class Drain:
         # meanwhile, so healthy endpoints never wait on a drain that is winding down.
         slow_running = any(job.slow for job in self.running)
         return slow_running and time.monotonic() < self.deadline + settings.WEBHOOK_TIMEOUT
+
+    def wait_for_work(self) -> bool:
+        """Idle: wait for a wake-up, looking at the rows every ``POLL_WHILE_IDLE`` (retries fall due unrung)."""
+        now = time.monotonic()
+        until = min(self.busy_at + self.linger, self.deadline)
+        if self.claims_left is not None or now >= until:
+            return False
+        wait_for_ring(min(POLL_WHILE_IDLE, until - now))
+        self.more_due = True
+        return True
 
     def out_of_time(self) -> bool:
         return self.claims_left is None and time.monotonic() >= self.deadline
@@ -279,6 +299,7 @@ class Drain:
         now = time.monotonic()
         deliveries = Delivery.objects.filter(id__in=claimed).select_related("event", "subscription")
         jobs = sorted((Job(d, claimed[d.id], claimed_at=now) for d in deliveries), key=lambda j: j.delivery.pk)
+        self.busy_at = now
         inactive = [job for job in jobs if not job.delivery.subscription.is_active]
         _settle_inactive(inactive)
         self.handled += len(inactive)
