@@ -34,7 +34,8 @@ GONE_REASON = "endpoint answered 410 Gone"
 # claim(20) leased 300 rows that way.
 CLAIM_SQL_POSTGRESQL = (
     "WITH due AS (SELECT id FROM deliveries_delivery WHERE status = %(pending)s AND next_attempt_at <= %(now)s "
-    "AND NOT (subscription_id = ANY(%(exclude)s)) ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+    "AND NOT (subscription_id = ANY(%(exclude)s)) AND (%(only)s::text IS NULL OR subscription_id = %(only)s) "
+    "ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
     "UPDATE deliveries_delivery AS d SET next_attempt_at = %(lease_until)s, attempt_count = d.attempt_count + 1 "
     "FROM due WHERE d.id = due.id RETURNING d.id, d.attempt_count"
 )
@@ -69,7 +70,8 @@ RECORD_SQL_POSTGRESQL = (
 CLAIM_SQL_SQLITE = (
     "UPDATE deliveries_delivery SET next_attempt_at = %(lease_until)s, attempt_count = attempt_count + 1 "
     "WHERE id IN (SELECT id FROM deliveries_delivery WHERE status = %(pending)s AND next_attempt_at <= %(now)s "
-    "AND subscription_id NOT IN (SELECT value FROM json_each(%(exclude)s)) ORDER BY next_attempt_at LIMIT %(limit)s) "
+    "AND subscription_id NOT IN (SELECT value FROM json_each(%(exclude)s)) "
+    "AND (%(only)s IS NULL OR subscription_id = %(only)s) ORDER BY next_attempt_at LIMIT %(limit)s) "
     "AND status = %(pending)s AND next_attempt_at <= %(now)s RETURNING id, attempt_count"
 )
 
@@ -79,8 +81,8 @@ def lease_seconds() -> int:
     return 2 * settings.WEBHOOK_TIMEOUT + settings.WEBHOOK_LEASE_MARGIN
 
 
-def claim(limit: int, exclude: set[str] = frozenset()) -> dict[str, int]:
-    """Lease up to ``limit`` due deliveries, none of the ``exclude`` subscriptions'.
+def claim(limit: int, exclude: set[str] = frozenset(), only: str | None = None) -> dict[str, int]:
+    """Lease up to ``limit`` due deliveries, none of the ``exclude`` subscriptions' (or ``only`` one's).
 
     Returns {delivery id: the attempt number this claim took}. On PostgreSQL ``SKIP LOCKED`` lets workers
     pass each other; on SQLite a conditional UPDATE does the same job (DESIGN.md section 7).
@@ -90,6 +92,7 @@ def claim(limit: int, exclude: set[str] = frozenset()) -> dict[str, int]:
     sql = CLAIM_SQL_POSTGRESQL if postgresql else CLAIM_SQL_SQLITE
     params = {
         "exclude": sorted(exclude) if postgresql else json.dumps(sorted(exclude)),
+        "only": only,
         "pending": Status.PENDING,
         "now": connection.ops.adapt_datetimefield_value(now),
         "lease_until": connection.ops.adapt_datetimefield_value(now + timedelta(seconds=lease_seconds())),
@@ -156,7 +159,9 @@ _executor_pid = 0
 def _pool() -> ThreadPoolExecutor:
     global _executor, _executor_pid
     if _executor is None or _executor_pid != os.getpid():
-        _executor = ThreadPoolExecutor(max_workers=settings.WEBHOOK_SEND_THREADS, thread_name_prefix="send")
+        # Fresh sends that turn slow may fill the slow lane's threads: the fresh slots keep threads of their own.
+        threads = settings.WEBHOOK_SEND_THREADS + settings.WEBHOOK_SEND_CONCURRENCY
+        _executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="send")
         _executor_pid = os.getpid()
     return _executor
 
@@ -195,6 +200,7 @@ class Drain:
         self.slow_slots = max(0, settings.WEBHOOK_SEND_THREADS - self.fresh_slots)
         self.queued: deque[Job] = deque()
         self.running: list[Job] = []
+        self.lane: set[str] = set()  # slow subscriptions: claimed only for the room they have
         self.finished: list[Job] = []
         self.done: SimpleQueue[Job] = SimpleQueue()
         self.more_due = True
@@ -247,32 +253,36 @@ class Drain:
     def start_sends(self) -> None:
         now = time.monotonic()
         for job in self.running:
-            if not job.slow and now - job.started_at >= SLOW_AFTER:
+            if not job.slow and job.started_at and now - job.started_at >= SLOW_AFTER:
                 job.slow = True
                 _slowness.saw(job.subscription_id, now - job.started_at, now)
-        fresh = sum(1 for job in self.running if not job.slow)
+                self.lane.add(job.subscription_id)
         in_slow_lane = Counter(job.subscription_id for job in self.running if job.slow)
         slow_slots = 0 if self.out_of_time() else self.slow_slots  # winding down: no new slow sends
         give_back: list[Job] = []
+        if slow_slots:
+            self.top_up_slow_lane(in_slow_lane, slow_slots, now)
+        fresh = sum(1 for job in self.running if not job.slow)
         claimed_now = False
         while fresh < self.fresh_slots:
             if not self.queued:
                 if claimed_now or not self.may_claim():
                     break
-                self.claim(self.blocked(in_slow_lane, slow_slots, now))
+                self.claim_jobs(self.batch, exclude=set(self.lane))
                 claimed_now = True
                 continue
             job = self.queued.popleft()
             subscription = job.subscription_id
             if now > job.claimed_at + settings.WEBHOOK_LEASE_MARGIN:
                 give_back.append(job)  # it could not start in time and would outlive its lease
-            elif _slowness.is_slow(subscription, now) or in_slow_lane[subscription]:
-                lane_open = in_slow_lane.total() < slow_slots and in_slow_lane[subscription] < SLOW_PER_SUBSCRIPTION
-                if lane_open:
+            elif _slowness.is_slow(subscription, now) or subscription in self.lane:
+                # Known to be slow: it joins the lane, which claims its rows a few at a time from now on.
+                self.lane.add(subscription)
+                if in_slow_lane.total() < slow_slots and in_slow_lane[subscription] < SLOW_PER_SUBSCRIPTION:
                     self.start(job, now, slow=True)
                     in_slow_lane[subscription] += 1
                 else:
-                    give_back.append(job)  # holding it would only block the claims behind it
+                    give_back.append(job)
             else:
                 self.start(job, now, slow=False)
                 fresh += 1
@@ -280,22 +290,31 @@ class Drain:
             _release_unsent(give_back)
             self.more_due = True  # they are due again at once, for whoever has room
 
-    def blocked(self, in_slow_lane: Counter[str], slow_slots: int, now: float) -> set[str]:
-        """Subscriptions whose rows this drain could not start now: leave them to the database."""
-        if in_slow_lane.total() >= slow_slots:
-            return set(in_slow_lane) | _slowness.known(now)
-        return {subscription for subscription, count in in_slow_lane.items() if count >= SLOW_PER_SUBSCRIPTION}
+    def top_up_slow_lane(self, in_slow_lane: Counter[str], slow_slots: int, now: float) -> None:
+        """Claim for each slow subscription only the rows it has room for: none is claimed to be given back."""
+        for subscription in list(self.lane):
+            room = min(SLOW_PER_SUBSCRIPTION - in_slow_lane[subscription], slow_slots - in_slow_lane.total())
+            if room <= 0:
+                continue
+            jobs = self.claim_jobs(room, only=subscription)
+            if not jobs:  # nothing due for it: back to the ordinary claims
+                self.lane.discard(subscription)
+            for job in jobs:
+                self.start(job, now, slow=True)
+                in_slow_lane[subscription] += 1
 
-    def claim(self, blocked: set[str]) -> None:
-        if self.claims_left is not None:
+    def claim_jobs(self, limit: int, exclude: set[str] = frozenset(), only: str | None = None) -> list[Job]:
+        """Claim and load up to ``limit`` rows; the ordinary claim (no ``only``) queues them, a top-up returns them."""
+        if self.claims_left is not None and only is None:
             self.claims_left -= 1
-        claimed = claim(self.batch, exclude=blocked)
-        # Rows of the blocked subscriptions may be due too: they come up once their slow sends end.
-        self.more_due = len(claimed) == self.batch or bool(blocked)
+        claimed = claim(limit, exclude=exclude, only=only)
+        if only is None:
+            # Rows of the excluded subscriptions may be due too: the slow lane claims those.
+            self.more_due = len(claimed) == limit or bool(exclude)
+            if len(claimed) == limit and self.claims_left is None:
+                wake()  # probably more due: another worker process can claim the next batch meanwhile
         if not claimed:
-            return
-        if len(claimed) == self.batch and self.claims_left is None:
-            wake()  # probably more due: another worker process can claim the next batch meanwhile
+            return []
         now = time.monotonic()
         deliveries = Delivery.objects.filter(id__in=claimed).select_related("event", "subscription")
         jobs = sorted((Job(d, claimed[d.id], claimed_at=now) for d in deliveries), key=lambda j: j.delivery.pk)
@@ -303,15 +322,19 @@ class Drain:
         inactive = [job for job in jobs if not job.delivery.subscription.is_active]
         _settle_inactive(inactive)
         self.handled += len(inactive)
-        self.queued.extend(job for job in jobs if job.delivery.subscription.is_active)
+        active = [job for job in jobs if job.delivery.subscription.is_active]
+        if only is None:
+            self.queued.extend(active)
+        return active
 
     def start(self, job: Job, now: float, slow: bool) -> None:
-        job.started_at, job.slow = now, slow
+        job.slow = slow
         self.running.append(job)
         future = _pool().submit(self.send, job)
         future.add_done_callback(lambda _: self.done.put(job))
 
     def send(self, job: Job) -> None:
+        job.started_at = time.monotonic()  # here, not at submit: a send waiting for a thread is not slow
         job.result = sender.send(message_for(job, self.bodies))
 
     def collect(self, timeout: float) -> None:
@@ -333,6 +356,8 @@ class Drain:
             return
         now = time.monotonic()
         _slowness.saw(job.subscription_id, now - job.started_at, now)
+        if now - job.started_at < SLOW_AFTER:
+            self.lane.discard(job.subscription_id)
         job.finished_at = now
         self.finished.append(job)
 

@@ -92,3 +92,16 @@ def test_a_claim_skips_the_subscriptions_it_is_told_to() -> None:
 
     assert sorted(claimed) == sorted(other)
     assert sorted(claim(10)) == sorted(busy)
+
+
+@pytest.mark.django_db
+def test_a_claim_for_one_subscription_takes_only_its_rows() -> None:
+    # The slow lane tops a slow subscription up with only the rows it has room for.
+    mine = make_pending(3)
+    make_pending(2)
+    subscription = Delivery.objects.get(pk=mine[0]).subscription_id
+
+    claimed = claim(2, only=subscription)
+
+    assert len(claimed) == 2
+    assert set(claimed) <= set(mine)
