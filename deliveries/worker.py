@@ -4,6 +4,7 @@ DESIGN.md sections 3 and 6: the claim is one autocommit UPDATE, so the lease is 
 HTTP call; a worker killed mid-send leaves a lease that expires and the sweeper hands the row out again.
 """
 
+import functools
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta
 from queue import Empty, SimpleQueue
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -32,13 +33,14 @@ GONE_REASON = "endpoint answered 410 Gone"
 # PostgreSQL: the CTE runs once. An "id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)" form can be
 # rescanned by a nested-loop semi-join, and with SKIP LOCKED each rescan finds new rows: measured here,
 # claim(20) leased 300 rows that way.
-CLAIM_SQL_POSTGRESQL = (
+CLAIMED_POSTGRESQL = (
     "WITH due AS (SELECT id FROM deliveries_delivery WHERE status = %(pending)s AND next_attempt_at <= %(now)s "
     "AND NOT (subscription_id = ANY(%(exclude)s)) AND (%(only)s::text IS NULL OR subscription_id = %(only)s) "
-    "ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-    "UPDATE deliveries_delivery AS d SET next_attempt_at = %(lease_until)s, attempt_count = d.attempt_count + 1 "
-    "FROM due WHERE d.id = due.id RETURNING d.id, d.attempt_count"
+    "ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED), "
+    "claimed AS (UPDATE deliveries_delivery AS d SET next_attempt_at = %(lease_until)s, "
+    "attempt_count = d.attempt_count + 1 FROM due WHERE d.id = due.id RETURNING d.*) "
 )
+CLAIM_SQL_POSTGRESQL = CLAIMED_POSTGRESQL + "SELECT id, attempt_count FROM claimed"  # noqa: S608 - constants
 # SQLite serialises writers and evaluates the subquery once; the repeated condition keeps it honest.
 SAVE_OUTCOMES_SQL = (
     "WITH v(id, number, status, next_attempt_at, completed_at, failures, last_error, last_status_code) "
@@ -76,6 +78,78 @@ CLAIM_SQL_SQLITE = (
 )
 
 
+class Loader:
+    """Model instances straight from a row's columns, with the fields' own converters (JSON and so on).
+
+    What ``select_related`` builds, without the queryset machinery: the claim returns the rows it
+    leased joined to their events and subscriptions, in one statement.
+    """
+
+    def __init__(self, model: type[models.Model], alias: str) -> None:
+        self.model = model
+        self.fields = model._meta.concrete_fields
+        self.attnames = [field.attname for field in self.fields]
+        self.select = ", ".join(f"{alias}.{connection.ops.quote_name(field.column)}" for field in self.fields)
+        self.converters = []
+        for index, field in enumerate(self.fields):
+            col = field.get_col(alias)
+            for converter in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
+                self.converters.append((index, converter, col))
+
+    def load(self, values: tuple) -> models.Model:
+        values = list(values)
+        for index, converter, col in self.converters:
+            values[index] = converter(values[index], col, connection)
+        return self.model.from_db(connection.alias, self.attnames, values)
+
+
+@functools.cache
+def _claim_loader() -> tuple[str, Loader, Loader, Loader]:
+    from webhooks.models import Event
+
+    loaders = Loader(Delivery, "claimed"), Loader(Event, "e"), Loader(Subscription, "s")
+    select = ", ".join(loader.select for loader in loaders)
+    # Table and column names come from the models; values are parameters.
+    sql = (
+        f"{CLAIMED_POSTGRESQL}SELECT {select} FROM claimed "  # noqa: S608
+        f"JOIN {Event._meta.db_table} AS e ON e.id = claimed.event_id "
+        f"JOIN {Subscription._meta.db_table} AS s ON s.id = claimed.subscription_id"
+    )
+    return (sql, *loaders)
+
+
+def claim_deliveries(
+    limit: int, exclude: set[str] = frozenset(), only: str | None = None
+) -> list[tuple[Delivery, int]]:
+    """``claim()``, returning the leased deliveries with their events and subscriptions loaded.
+
+    On PostgreSQL one statement leases and loads; deliveries of one event share one Event instance, and
+    of one subscription one Subscription instance.
+    """
+    if connection.vendor != "postgresql":
+        claimed = claim(limit, exclude, only)
+        deliveries = Delivery.objects.filter(id__in=claimed).select_related("event", "subscription")
+        return [(delivery, claimed[delivery.id]) for delivery in deliveries]
+    sql, deliveries, events, subscriptions = _claim_loader()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _claim_params(limit, exclude, only))
+        rows = cursor.fetchall()
+    split = (len(deliveries.fields), len(deliveries.fields) + len(events.fields))
+    event_field, subscription_field = Delivery._meta.get_field("event"), Delivery._meta.get_field("subscription")
+    seen_events: dict[str, models.Model] = {}
+    seen_subscriptions: dict[str, Subscription] = {}
+    loaded = []
+    for row in rows:
+        delivery = deliveries.load(row[: split[0]])
+        event = seen_events.get(delivery.event_id) or events.load(row[split[0] : split[1]])
+        subscription = seen_subscriptions.get(delivery.subscription_id) or subscriptions.load(row[split[1] :])
+        seen_events[event.pk], seen_subscriptions[subscription.pk] = event, subscription
+        event_field.set_cached_value(delivery, event)
+        subscription_field.set_cached_value(delivery, subscription)
+        loaded.append((delivery, delivery.attempt_count))
+    return loaded
+
+
 def lease_seconds() -> int:
     """Long enough for one attempt (connect and read) plus the margin a batch needs to get to it."""
     return 2 * settings.WEBHOOK_TIMEOUT + settings.WEBHOOK_LEASE_MARGIN
@@ -87,20 +161,22 @@ def claim(limit: int, exclude: set[str] = frozenset(), only: str | None = None) 
     Returns {delivery id: the attempt number this claim took}. On PostgreSQL ``SKIP LOCKED`` lets workers
     pass each other; on SQLite a conditional UPDATE does the same job (DESIGN.md section 7).
     """
+    sql = CLAIM_SQL_POSTGRESQL if connection.vendor == "postgresql" else CLAIM_SQL_SQLITE
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _claim_params(limit, exclude, only))
+        return dict(cursor.fetchall())
+
+
+def _claim_params(limit: int, exclude: set[str], only: str | None) -> dict:
     now = timezone.now()
-    postgresql = connection.vendor == "postgresql"
-    sql = CLAIM_SQL_POSTGRESQL if postgresql else CLAIM_SQL_SQLITE
-    params = {
-        "exclude": sorted(exclude) if postgresql else json.dumps(sorted(exclude)),
+    return {
+        "exclude": sorted(exclude) if connection.vendor == "postgresql" else json.dumps(sorted(exclude)),
         "only": only,
         "pending": Status.PENDING,
         "now": connection.ops.adapt_datetimefield_value(now),
         "lease_until": connection.ops.adapt_datetimefield_value(now + timedelta(seconds=lease_seconds())),
         "limit": limit,
     }
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return dict(cursor.fetchall())
 
 
 @dataclass
@@ -307,7 +383,7 @@ class Drain:
         """Claim and load up to ``limit`` rows; the ordinary claim (no ``only``) queues them, a top-up returns them."""
         if self.claims_left is not None and only is None:
             self.claims_left -= 1
-        claimed = claim(limit, exclude=exclude, only=only)
+        claimed = claim_deliveries(limit, exclude=exclude, only=only)
         if only is None:
             # Rows of the excluded subscriptions may be due too: the slow lane claims those.
             self.more_due = len(claimed) == limit or bool(exclude)
@@ -316,8 +392,7 @@ class Drain:
         if not claimed:
             return []
         now = time.monotonic()
-        deliveries = Delivery.objects.filter(id__in=claimed).select_related("event", "subscription")
-        jobs = sorted((Job(d, claimed[d.id], claimed_at=now) for d in deliveries), key=lambda j: j.delivery.pk)
+        jobs = [Job(delivery, number, claimed_at=now) for delivery, number in claimed]
         self.busy_at = now
         inactive = [job for job in jobs if not job.delivery.subscription.is_active]
         _settle_inactive(inactive)

@@ -8,7 +8,7 @@ from django.db import connection
 from django.utils import timezone
 
 from deliveries.models import Delivery
-from deliveries.worker import claim, lease_seconds
+from deliveries.worker import claim, claim_deliveries, lease_seconds
 from subscriptions.models import Subscription
 from webhooks.models import Event
 
@@ -105,3 +105,27 @@ def test_a_claim_for_one_subscription_takes_only_its_rows() -> None:
 
     assert len(claimed) == 2
     assert set(claimed) <= set(mine)
+
+
+@pytest.mark.django_db
+def test_claim_deliveries_loads_each_row_with_its_event_and_subscription_in_one_query(
+    django_assert_num_queries,
+) -> None:
+    subscription = Subscription.objects.create(url="https://example.com/hook", events=["#"])
+    event = Event.objects.create(type="order.created", data={"total": 12, "items": ["a"]})
+    rows = Delivery.objects.bulk_create(
+        Delivery(event=event, subscription=subscription, event_type=event.type, next_attempt_at=timezone.now())
+        for _ in range(3)
+    )
+
+    expected_queries = 1 if connection.vendor == "postgresql" else 2
+    with django_assert_num_queries(expected_queries):
+        claimed = claim_deliveries(10)
+        loaded = [
+            (d.id, n, d.event.data, d.event.created_at, d.subscription.url, d.subscription.secret) for d, n in claimed
+        ]
+
+    assert sorted(row[0] for row in loaded) == sorted(row.id for row in rows)
+    for row in loaded:
+        assert row[1:] == (1, {"total": 12, "items": ["a"]}, event.created_at, subscription.url, subscription.secret)
+    assert all(d.attempt_count == 1 and d.next_attempt_at > timezone.now() for d, _ in claimed)
