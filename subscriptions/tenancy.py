@@ -1,7 +1,12 @@
 """Who is calling: the OAuth2 client, its tenant and scopes, and the one queryset filter every view uses."""
 
+import hashlib
+
 from django.conf import settings
+from django.db import connection
 from django.db.models import QuerySet
+from oauth2_provider.contrib.rest_framework import OAuth2Authentication
+from oauth2_provider.models import AccessToken, Application
 from oauth2_provider.scopes import BaseScopes
 from rest_framework import exceptions, permissions
 from rest_framework.request import Request
@@ -25,14 +30,75 @@ class ClientScopes(BaseScopes):
         return self.get_available_scopes(application, request)
 
 
+class TokenAuthentication(OAuth2Authentication):
+    """django-oauth-toolkit's bearer token check, with the token, its client and the client's tenant read
+    in one precompiled query on PostgreSQL. DOT's own check compiles a five-table ORM query per request,
+    and the client and tenant took another: together about 60% of an ingest request's CPU.
+
+    Nothing is cached between requests: a deleted client or an expired or revoked token is refused on
+    its next request. Anything but a current, unrestricted bearer token of an API client goes to DOT
+    itself, so every refusal keeps DOT's answer and ``WWW-Authenticate`` challenge.
+    """
+
+    def authenticate(self, request: Request) -> tuple | None:
+        token = bearer_token(request) if connection.vendor == "postgresql" else None
+        access_token = load_access_token(token) if token else None
+        if access_token is None or access_token.is_expired() or not access_token.application.is_usable(request):
+            return super().authenticate(request)
+        return access_token.user, access_token
+
+
+def bearer_token(request: Request) -> str | None:
+    # As oauthlib reads the header (oauthlib.oauth2.rfc6749.tokens.get_token_from_header).
+    parts = request.META.get("HTTP_AUTHORIZATION", "").split()
+    return parts[1] if len(parts) == 2 and parts[0].lower() == "bearer" else None
+
+
+# Columns in each model's field order: Model.from_db takes a partial row in that order. Tokens restricted
+# to an RFC 8707 resource are left to DOT, which checks their audience.
+TOKEN_FIELDS = ["id", "user_id", "application_id", "expires", "scope"]
+CLIENT_FIELDS = ["id", "application_id", "tenant_id", "scopes", "rate_limit", "created_at"]
+TENANT_FIELDS = ["id", "slug", "name", "created_at"]
+ACCESS_SQL = (
+    "SELECT t.id, t.user_id, t.application_id, t.expires, t.scope, "
+    "c.id, c.application_id, c.tenant_id, c.scopes, c.rate_limit, c.created_at, "
+    "n.id, n.slug, n.name, n.created_at "
+    "FROM oauth2_provider_accesstoken t "
+    "JOIN subscriptions_apiclient c ON c.application_id = t.application_id "
+    "LEFT JOIN subscriptions_tenant n ON n.id = c.tenant_id "
+    "WHERE t.token_checksum = %s AND t.resource = '[]'::jsonb"
+)
+
+
+def load_access_token(token: str) -> AccessToken | None:
+    """The token with its application (id only), API client and tenant attached, or None."""
+    with connection.cursor() as cursor:
+        cursor.execute(ACCESS_SQL, [hashlib.sha256(token.encode()).hexdigest()])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    db = connection.alias
+    access_token = AccessToken.from_db(db, TOKEN_FIELDS, row[:5])
+    client = ApiClient.from_db(db, CLIENT_FIELDS, row[5:11])
+    client.tenant = Tenant.from_db(db, TENANT_FIELDS, row[11:]) if client.tenant_id else None
+    access_token.application = Application.from_db(db, ["id"], [access_token.application_id])
+    access_token.application.api_client = client
+    return access_token
+
+
 def api_client(request: Request) -> ApiClient:
-    """The calling client, looked up once per request."""
+    """The calling client, looked up once per request (TokenAuthentication loads it with the token)."""
     if not hasattr(request, "_api_client"):
-        application = getattr(request.auth, "application", None)
-        request._api_client = ApiClient.objects.select_related("tenant").filter(application=application).first()
+        request._api_client = client_of(getattr(request.auth, "application", None))
         if request._api_client is None:
             raise exceptions.AuthenticationFailed("this token's client is not an API client")
     return request._api_client
+
+
+def client_of(application: Application | None) -> ApiClient | None:
+    if application is not None and Application.api_client.is_cached(application):
+        return getattr(application, "api_client", None)
+    return ApiClient.objects.select_related("tenant").filter(application=application).first()
 
 
 def caller_tenant(request: Request) -> Tenant | None:

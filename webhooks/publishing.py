@@ -1,7 +1,8 @@
+import functools
 import re
 from datetime import timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from config import metrics
@@ -14,6 +15,7 @@ from webhooks.models import Event
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 RESERVED_PREFIX = "webhook."
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+TENANT_PARAMETER = "\x00tenant"
 
 
 class PublishError(ValueError):
@@ -76,10 +78,31 @@ def record_event(fields: dict) -> Event:
         ).update(idempotency_key=None)
     event = Event.objects.create(**fields)
     transaction.on_commit(metrics.EVENTS_PUBLISHED.inc)
-    receivers = Subscription.objects.receiving(event.type, event.tenant)
-    event.delivery_count = create_deliveries(event, receivers)
+    event.delivery_count = create_deliveries(event, receiving(event.type, event.tenant))
     event.replayed = False
     return event
+
+
+def receiving(event_type: str, tenant: Tenant | None) -> list[str]:
+    """``Subscription.objects.receiving()`` with its SQL compiled once per process: building and compiling
+    that queryset anew took a fifth of an ingest request's CPU."""
+    sql, params = receiving_query(tenant is not None)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [tenant.pk if param == TENANT_PARAMETER else param for param in params])
+        rows = cursor.fetchall()
+    events = Subscription._meta.get_field("events")
+    return [
+        pk
+        for pk, patterns in rows
+        if any(topics.matches(p, event_type) for p in events.from_db_value(patterns, None, connection))
+    ]
+
+
+@functools.cache
+def receiving_query(for_tenant: bool) -> tuple[str, tuple]:
+    tenant = Tenant(pk=TENANT_PARAMETER) if for_tenant else None
+    candidates = Subscription.objects.live().for_tenant(tenant).filter(is_active=True).values_list("id", "events")
+    return candidates.query.sql_with_params()
 
 
 def find_replay(scope: str, key: str) -> Event | None:

@@ -27,6 +27,20 @@ class EventSerializer(serializers.ModelSerializer):
         model = Event
         fields = ["id", "type", "tenant", "created_at", "deliveries"]
 
+    def to_representation(self, event: Event) -> dict:
+        # The fields above, without DRF building a ModelSerializer's fields for every instance (a tenth of
+        # an ingest request's CPU); they still describe the response in the OpenAPI schema.
+        return {
+            "id": event.id,
+            "type": event.type,
+            "tenant": event.tenant.slug if event.tenant_id else None,
+            "created_at": CREATED_AT.to_representation(event.created_at),
+            "deliveries": event.delivery_count,
+        }
+
+
+CREATED_AT = serializers.DateTimeField()
+
 
 class EventTypeSerializer(serializers.Serializer):
     type = serializers.CharField()
