@@ -35,7 +35,13 @@ def create_deliveries(event, subscription_ids: list[str]) -> int:
 
 
 def _insert_with_arrays(event, subscription_ids: list[str]) -> None:
-    params = {
+    with connection.cursor() as cursor:
+        cursor.execute(INSERT_FANOUT_SQL, fanout_params(event, subscription_ids))
+
+
+def fanout_params(event, subscription_ids: list[str]) -> dict:
+    """The parameters of ``INSERT_FANOUT_SQL`` (PostgreSQL), for a caller that runs it with its own insert."""
+    return {
         "event": event.id,
         "type": event.type,
         "pending": Status.PENDING,
@@ -43,5 +49,3 @@ def _insert_with_arrays(event, subscription_ids: list[str]) -> None:
         "ids": [new_delivery_id() for _ in subscription_ids],
         "subscriptions": subscription_ids,
     }
-    with connection.cursor() as cursor:
-        cursor.execute(INSERT_FANOUT_SQL, params)
