@@ -28,7 +28,10 @@ class Delivery(models.Model):
 
     id = models.CharField(primary_key=True, max_length=32, default=new_delivery_id, editable=False)
     event = models.ForeignKey("webhooks.Event", on_delete=models.CASCADE, related_name="deliveries")
-    subscription = models.ForeignKey("subscriptions.Subscription", on_delete=models.CASCADE, related_name="deliveries")
+    # Indexed by "delivery_subscription" (subscription, -created_at): a second index would only be written.
+    subscription = models.ForeignKey(
+        "subscriptions.Subscription", on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
     event_type = models.CharField(max_length=128)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     # Attempts started, ever: the next attempt's number is attempt_count + 1. Claiming a delivery
@@ -71,7 +74,8 @@ class Delivery(models.Model):
 
 
 class Attempt(models.Model):
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts")
+    # Indexed by the (delivery, number) unique constraint.
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts", db_index=False)
     number = models.PositiveIntegerField()
     started_at = models.DateTimeField()
     duration_ms = models.PositiveIntegerField(default=0)
