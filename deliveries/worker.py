@@ -10,13 +10,15 @@ import logging
 import os
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from queue import Empty, SimpleQueue
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -30,6 +32,7 @@ from subscriptions.models import Subscription
 logger = logging.getLogger("hookrelay.deliveries")
 DRAIN_BUDGET_SECONDS = 10.0
 GONE_REASON = "endpoint answered 410 Gone"
+SUCCESS_MARK_EVERY = timedelta(seconds=1)  # last_success_at is kept to the second, not rewritten per batch
 # PostgreSQL: the CTE runs once. An "id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)" form can be
 # rescanned by a nested-loop semi-join, and with SKIP LOCKED each rescan finds new rows: measured here,
 # claim(20) leased 300 rows that way.
@@ -40,11 +43,15 @@ CLAIMED_POSTGRESQL = (
     "claimed AS (UPDATE deliveries_delivery AS d SET next_attempt_at = %(lease_until)s, "
     "attempt_count = d.attempt_count + 1 FROM due WHERE d.id = due.id RETURNING d.*) "
 )
-# For the claim's transaction only. Right after a large fan-out or backlog the statistics still say
-# "a few pending rows", and the planner then read and sorted every due row for each claim of 100
-# (bitmap scan + sort: 15 ms a claim at 5,000 due, growing with the backlog) and joined events by a
-# sequential scan. The partial index "delivery_due" already gives the rows in order.
-INDEX_SCANS_ONLY = "SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true)"
+# Set on a drain's connection while it runs (every statement of a drain goes by an index). Right
+# after a large fan-out or backlog the statistics still say "a few pending rows": the planner then
+# read and sorted every due row for each claim of 100 (bitmap scan + sort, 15 ms a claim at 5,000
+# due and growing with the backlog), joined events by a sequential scan, and hash-joined every
+# pending row to record a batch (57 ms). PostgreSQL, not the workers, was then the fan-out's limit.
+INDEX_SCANS_ONLY = "SELECT set_config('enable_bitmapscan', 'off', false), set_config('enable_seqscan', 'off', false)"
+PLANNER_DEFAULTS = (
+    "SELECT set_config(name, reset_val, false) FROM pg_settings WHERE name IN ('enable_bitmapscan', 'enable_seqscan')"
+)
 CLAIM_SQL_POSTGRESQL = CLAIMED_POSTGRESQL + "SELECT id, attempt_count FROM claimed"  # noqa: S608 - constants
 # SQLite serialises writers and evaluates the subquery once; the repeated condition keeps it honest.
 SAVE_OUTCOMES_SQL = (
@@ -139,8 +146,7 @@ def claim_deliveries(
         deliveries = Delivery.objects.filter(id__in=claimed).select_related("event", "subscription")
         return [(delivery, claimed[delivery.id]) for delivery in deliveries]
     sql, deliveries, events, subscriptions = _claim_loader()
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(INDEX_SCANS_ONLY)
+    with connection.cursor() as cursor:
         cursor.execute(sql, _claim_params(limit, exclude, only))
         rows = cursor.fetchall()
     split = (len(deliveries.fields), len(deliveries.fields) + len(events.fields))
@@ -170,13 +176,9 @@ def claim(limit: int, exclude: set[str] = frozenset(), only: str | None = None) 
     Returns {delivery id: the attempt number this claim took}. On PostgreSQL ``SKIP LOCKED`` lets workers
     pass each other; on SQLite a conditional UPDATE does the same job (DESIGN.md section 7).
     """
-    if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(CLAIM_SQL_SQLITE, _claim_params(limit, exclude, only))
-            return dict(cursor.fetchall())
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(INDEX_SCANS_ONLY)
-        cursor.execute(CLAIM_SQL_POSTGRESQL, _claim_params(limit, exclude, only))
+    sql = CLAIM_SQL_POSTGRESQL if connection.vendor == "postgresql" else CLAIM_SQL_SQLITE
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _claim_params(limit, exclude, only))
         return dict(cursor.fetchall())
 
 
@@ -255,6 +257,23 @@ def _pool() -> ThreadPoolExecutor:
     return _executor
 
 
+@contextmanager
+def index_scans_only() -> Iterator[None]:
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(INDEX_SCANS_ONLY)
+    try:
+        yield
+    finally:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(PLANNER_DEFAULTS)
+        except DatabaseError:  # a broken connection is replaced, with the defaults
+            pass
+
+
 def drain(budget: float = DRAIN_BUDGET_SECONDS, linger: float = 0.0) -> int:
     """Deliver what is due, claiming as sends finish, until nothing is due or the budget is spent.
 
@@ -297,6 +316,10 @@ class Drain:
         self.bodies: dict[str, bytes] = {}
 
     def run(self) -> int:
+        with index_scans_only():
+            return self._run()
+
+    def _run(self) -> int:
         try:
             while True:
                 self.start_sends()
@@ -576,8 +599,7 @@ def _record_postgresql(jobs: list[Job]) -> set[str]:
             strict=True,
         ):
             columns[name].append(value)
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(INDEX_SCANS_ONLY)  # by primary key, whatever stale statistics suggest
+    with connection.cursor() as cursor:
         cursor.execute(RECORD_SQL_POSTGRESQL, {**columns, "pending": Status.PENDING})
         return {pk for (pk,) in cursor.fetchall()}
 
@@ -607,10 +629,15 @@ def _db_time(value: datetime | None):
 
 def _aftermath(jobs: list[Job]) -> Aftermath:
     aftermath = Aftermath(set(), [], [])
+    recently = timezone.now() - SUCCESS_MARK_EVERY
     for job in jobs:
         delivery = job.delivery
         if delivery.status == Status.SUCCEEDED:
-            aftermath.succeeded.add(delivery.subscription_id)
+            # A subscription with no failures and a success marked moments ago needs no write.
+            subscription = delivery.subscription
+            marked = subscription.last_success_at and subscription.last_success_at > recently
+            if subscription.consecutive_failures or not marked:
+                aftermath.succeeded.add(delivery.subscription_id)
         elif delivery.status == Status.FAILED:
             (aftermath.gone if delivery.last_status_code == 410 else aftermath.failed_for_good).append(delivery)
     return aftermath
@@ -618,13 +645,9 @@ def _aftermath(jobs: list[Job]) -> Aftermath:
 
 def _settle_subscriptions(aftermath: Aftermath) -> None:
     if aftermath.succeeded:
-        with transaction.atomic():
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    cursor.execute(INDEX_SCANS_ONLY)
-            Subscription.objects.filter(id__in=sorted(aftermath.succeeded)).update(
-                consecutive_failures=0, last_success_at=timezone.now()
-            )
+        Subscription.objects.filter(id__in=sorted(aftermath.succeeded)).update(
+            consecutive_failures=0, last_success_at=timezone.now()
+        )
     for delivery in aftermath.gone:
         actions.disable_subscription(delivery.subscription, GONE_REASON)
     for delivery in aftermath.failed_for_good:
