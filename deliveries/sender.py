@@ -35,6 +35,7 @@ MAX_RESPONSE_BYTES = 4096
 # Compressed bytes read at most to fill the excerpt: a body that inflates to little stops here.
 MAX_COMPRESSED_BYTES = 16 * MAX_RESPONSE_BYTES
 USER_AGENT = "Hookrelay/0.1"
+TIMEOUT = "timeout"  # the error of an attempt that ran out of WEBHOOK_TIMEOUT
 IDLE_PER_HOST = 16
 IDLE_HOSTS = 256
 WATCHDOG_INTERVAL = 0.1
@@ -378,7 +379,7 @@ def describe_error(exc: BaseException, timed_out: bool = False) -> str:
         reason = cause.strerror if isinstance(cause, socket.gaierror) else None
         return f"dns: {reason or 'not resolved'}"
     if timed_out or isinstance(exc, TimeoutError):
-        return "timeout"
+        return TIMEOUT
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):

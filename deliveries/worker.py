@@ -208,6 +208,11 @@ class Job:
     def subscription_id(self) -> str:
         return self.delivery.subscription_id
 
+    @property
+    def retries_a_timeout(self) -> bool:
+        """A retry after a timeout: no fresh slot for an endpoint that just took the whole timeout."""
+        return self.delivery.last_error == sender.TIMEOUT
+
 
 class Slowness:
     """Subscriptions whose last send from this process was slow, remembered for a while.
@@ -387,8 +392,9 @@ class Drain:
             subscription = job.subscription_id
             if now > job.claimed_at + settings.WEBHOOK_LEASE_MARGIN:
                 give_back.append(job)  # it could not start in time and would outlive its lease
-            elif _slowness.is_slow(subscription, now) or subscription in self.lane:
-                # Known to be slow: it joins the lane, which claims its rows a few at a time from now on.
+            elif _slowness.is_slow(subscription, now) or subscription in self.lane or job.retries_a_timeout:
+                # Known to be slow (here, or its last attempt timed out): it joins the lane, which claims
+                # its rows a few at a time from now on.
                 self.lane.add(subscription)
                 if in_slow_lane.total() < slow_slots and in_slow_lane[subscription] < SLOW_PER_SUBSCRIPTION:
                     self.start(job, now, slow=True)

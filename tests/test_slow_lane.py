@@ -92,3 +92,25 @@ def test_a_slow_subscription_gets_only_its_share_of_threads(
     # Two fresh sends reveal it as slow; from then on it never has more than its slow-lane share.
     assert slow_peer.most_in_flight <= max(2, worker.SLOW_PER_SUBSCRIPTION)
     assert Attempt.objects.filter(delivery__subscription=subscription, success=True).count() == 12
+
+
+def test_a_retry_after_a_timeout_starts_in_the_slow_lane(
+    allow_loopback, receiver: Receiver, subscribe: Callable[..., Subscription]
+) -> None:
+    # Retries must not starve fresh deliveries: one whose last attempt took the whole timeout never
+    # takes a fresh slot, while a first attempt to the same kind of endpoint does.
+    slow_one = subscribe(receiver.url("/a"), events=["order.retried"])
+    subscribe(receiver.url("/b"), events=["order.created"])
+    retried = Delivery.objects.get(event=publish("order.retried", {"n": 1}), subscription=slow_one)
+    Delivery.objects.filter(pk=retried.pk).update(last_error="timeout", failures=1)
+    fresh = Delivery.objects.get(event=publish("order.created", {"n": 2}))
+
+    drain = worker.Drain(5)
+    with worker.index_scans_only():
+        drain.start_sends()
+        lanes = {job.delivery.pk: job.slow for job in drain.running}
+        drain._run()
+
+    assert lanes[retried.pk] is True
+    assert lanes[fresh.pk] is False
+    assert receiver.wait_for(2)
