@@ -114,3 +114,34 @@ def test_a_retry_after_a_timeout_starts_in_the_slow_lane(
     assert lanes[retried.pk] is True
     assert lanes[fresh.pk] is False
     assert receiver.wait_for(2)
+
+
+def test_send_threads_are_reused_and_started_only_when_all_are_busy() -> None:
+    threads = worker.SendThreads(limit=3)
+    release = threading.Event()
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def finished(n: int) -> Callable[[], None]:
+        def then() -> None:
+            with lock:
+                done.append(n)
+
+        return then
+
+    for n in range(200):  # one at a time: one thread does them all
+        threads.submit(lambda: None, finished(n))
+        while len(done) <= n:
+            time.sleep(0.001)
+    assert threads.started == 1
+
+    for n in range(5):  # five blocked sends, three threads: two wait for a thread, none is lost
+        threads.submit(release.wait, finished(1000 + n))
+    time.sleep(0.1)
+    assert threads.started == 3
+    release.set()
+    deadline = time.monotonic() + 5
+    while len(done) < 205 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(done)[-5:] == [1000, 1001, 1002, 1003, 1004]
+    assert threads.started == 3
