@@ -418,12 +418,13 @@ class Drain:
                 job.slow = True
                 _slowness.saw(job.subscription_id, now - job.started_at, now)
                 self.lane.add(job.subscription_id)
-        in_slow_lane = Counter(job.subscription_id for job in self.running if job.slow)
-        slow_slots = 0 if self.out_of_time() else self.slow_slots  # winding down: no new slow sends
-        give_back: list[Job] = []
-        if slow_slots:
-            self.top_up_slow_lane(in_slow_lane, slow_slots, now)
+        # A subscription's share counts all its sends in flight: one may still be in a fresh slot.
+        in_flight = Counter(job.subscription_id for job in self.running)
         fresh = sum(1 for job in self.running if not job.slow)
+        slow_room = (0 if self.out_of_time() else self.slow_slots) - (len(self.running) - fresh)
+        give_back: list[Job] = []
+        if slow_room > 0:  # winding down, or the lane is full: no new slow sends
+            slow_room -= self.top_up_slow_lane(in_flight, slow_room, now)
         claimed_now = False
         while fresh < self.fresh_slots:
             if not self.queued:
@@ -440,22 +441,26 @@ class Drain:
                 # Known to be slow (here, or its last attempt timed out): it joins the lane, which claims
                 # its rows a few at a time from now on.
                 self.lane.add(subscription)
-                if in_slow_lane.total() < slow_slots and in_slow_lane[subscription] < SLOW_PER_SUBSCRIPTION:
+                if slow_room > 0 and in_flight[subscription] < SLOW_PER_SUBSCRIPTION:
                     self.start(job, now, slow=True)
-                    in_slow_lane[subscription] += 1
+                    in_flight[subscription] += 1
+                    slow_room -= 1
                 else:
                     give_back.append(job)
             else:
                 self.start(job, now, slow=False)
+                in_flight[subscription] += 1
                 fresh += 1
         if give_back:
             _release_unsent(give_back)
             self.more_due = True  # they are due again at once, for whoever has room
 
-    def top_up_slow_lane(self, in_slow_lane: Counter[str], slow_slots: int, now: float) -> None:
-        """Claim for each slow subscription only the rows it has room for: none is claimed to be given back."""
+    def top_up_slow_lane(self, in_flight: Counter[str], slow_room: int, now: float) -> int:
+        """Claim for each slow subscription only the rows it has room for (none is claimed to be given
+        back); returns how many sends it started."""
+        started = 0
         for subscription in list(self.lane):
-            room = min(SLOW_PER_SUBSCRIPTION - in_slow_lane[subscription], slow_slots - in_slow_lane.total())
+            room = min(SLOW_PER_SUBSCRIPTION - in_flight[subscription], slow_room - started)
             if room <= 0:
                 continue
             jobs = self.claim_jobs(room, only=subscription)
@@ -463,7 +468,9 @@ class Drain:
                 self.lane.discard(subscription)
             for job in jobs:
                 self.start(job, now, slow=True)
-                in_slow_lane[subscription] += 1
+                in_flight[subscription] += 1
+                started += 1
+        return started
 
     def claim_jobs(self, limit: int, exclude: set[str] = frozenset(), only: str | None = None) -> list[Job]:
         """Claim and load up to ``limit`` rows; the ordinary claim (no ``only``) queues them, a top-up returns them."""
