@@ -228,9 +228,6 @@ class Slowness:
         until = self._until.get(subscription_id)
         return until is not None and until > now
 
-    def known(self, now: float) -> set[str]:
-        return {subscription_id for subscription_id, until in self._until.items() if until > now}
-
     def saw(self, subscription_id: str, seconds: float, now: float) -> None:
         if seconds < SLOW_AFTER:
             self._until.pop(subscription_id, None)
