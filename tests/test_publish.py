@@ -186,6 +186,20 @@ def test_a_committed_publish_wakes_a_worker_only_on_commit(
     assert [callback for callback in callbacks if callback is wake] == [wake]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_publish_outside_a_transaction_wakes_a_worker_after_its_rows_are_written(
+    subscribe: Callable[..., Subscription], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subscribe(URL)
+    visible_at_wake: list[int] = []
+    monkeypatch.setattr("webhooks.publishing.wake", lambda: visible_at_wake.append(Delivery.objects.count()))
+
+    publish("order.created", {"id": 1})
+
+    # A wake-up before the insert lets a drain claim, find nothing, and wait for the next ring.
+    assert visible_at_wake == [1]
+
+
 # --- Idempotency ---
 
 

@@ -103,9 +103,12 @@ def insert_in_one_statement(event: Event, receivers: list[str]) -> None:
     if receivers:
         sql = f"WITH new_event AS ({sql}) {INSERT_FANOUT_SQL}"
         params |= fanout_params(event, receivers)
-        transaction.on_commit(wake)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+    if receivers:
+        # After the statement: outside a transaction on_commit runs at once, and a wake-up sent before the
+        # insert let a drain claim too early, find nothing and wait for the next ring (latency, issue 6).
+        transaction.on_commit(wake)
     event._state.adding, event._state.db = False, connection.alias
 
 
