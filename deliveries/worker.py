@@ -200,6 +200,7 @@ class Job:
     number: int
     claimed_at: float = 0.0
     started_at: float = 0.0
+    took: float = 0.0  # seconds the send itself took, measured in its thread
     finished_at: float = 0.0
     slow: bool = False  # a send to a slow endpoint: it holds a thread, never one of the fresh slots
     result: Result | None = None
@@ -219,17 +220,31 @@ class Slowness:
 
     Their next sends go straight to the slow lane (DESIGN.md section 6: known-bad endpoints must not
     occupy the slots that serve fresh deliveries). A fast answer forgets it at once.
+
+    "Slow" is relative: ``SLOW_FACTOR`` times this process's typical send (an average of the sends
+    that were not slow), at least ``SLOW_FLOOR`` and at most ``SLOW_AFTER``. Each unknown slow endpoint
+    holds a fresh slot until it is found out; with answers in a millisecond or two, finding it out
+    after 50 ms instead of 250 ms gave the healthy endpoints back most of what 20 dead ones took
+    (isolation benchmark, issue 6).
     """
 
     def __init__(self) -> None:
         self._until: dict[str, float] = {}
+        self.typical: float | None = None
+
+    def threshold(self) -> float:
+        if self.typical is None:
+            return SLOW_AFTER
+        return min(SLOW_AFTER, max(SLOW_FLOOR, SLOW_FACTOR * self.typical))
 
     def is_slow(self, subscription_id: str, now: float) -> bool:
         until = self._until.get(subscription_id)
         return until is not None and until > now
 
     def saw(self, subscription_id: str, seconds: float, now: float) -> None:
-        if seconds < SLOW_AFTER:
+        if seconds < self.threshold():
+            typical = self.typical
+            self.typical = seconds if typical is None else typical + PACE_WEIGHT * (seconds - typical)
             self._until.pop(subscription_id, None)
             return
         if len(self._until) >= SLOW_REMEMBERED:
@@ -237,7 +252,10 @@ class Slowness:
         self._until[subscription_id] = now + SLOW_MEMORY
 
 
-SLOW_AFTER = 0.25  # seconds: a send still running after this stops holding a fresh slot
+SLOW_AFTER = 0.25  # seconds: a send still running after this stops holding a fresh slot, at the latest
+SLOW_FLOOR = 0.05  # seconds: never slow before this, however fast the typical send
+SLOW_FACTOR = 10  # times the typical send
+PACE_WEIGHT = 0.05  # of each new send in the typical send's moving average
 SLOW_MEMORY = 60.0  # seconds a subscription stays in the slow lane after a slow send
 SLOW_REMEMBERED = 10_000
 SLOW_PER_SUBSCRIPTION = 4  # sends in flight to one slow subscription, per worker process
@@ -339,9 +357,10 @@ class Drain:
     """One drain: up to ``WEBHOOK_SEND_CONCURRENCY`` fresh sends at a time, recorded in batches as they end.
 
     The main thread claims and records; send threads only talk HTTP. A send still running after
-    ``SLOW_AFTER`` seconds gives its fresh slot to the next row, and its subscription goes to the slow
-    lane: at most ``SLOW_PER_SUBSCRIPTION`` sends in flight there, and no new rows claimed for it while
-    that many are. So one dead endpoint costs threads, never the healthy endpoints' pace.
+    ``Slowness.threshold()`` (at most ``SLOW_AFTER``) gives its fresh slot to the next row, and its
+    subscription goes to the slow lane: at most ``SLOW_PER_SUBSCRIPTION`` sends in flight there, and
+    no new rows claimed for it while that many are. So one dead endpoint costs threads, never the
+    healthy endpoints' pace.
     """
 
     def __init__(self, budget: float, claims: int | None = None, batch: int | None = None, linger: float = 0.0) -> None:
@@ -410,8 +429,9 @@ class Drain:
 
     def start_sends(self) -> None:
         now = time.monotonic()
+        slow_after = _slowness.threshold()
         for job in self.running:
-            if not job.slow and job.started_at and now - job.started_at >= SLOW_AFTER:
+            if not job.slow and job.started_at and now - job.started_at >= slow_after:
                 job.slow = True
                 _slowness.saw(job.subscription_id, now - job.started_at, now)
                 self.lane.add(job.subscription_id)
@@ -500,6 +520,7 @@ class Drain:
     def send(self, job: Job) -> None:
         job.started_at = time.monotonic()  # here, not at submit: a send waiting for a thread is not slow
         job.result = sender.send(message_for(job, self.bodies))
+        job.took = time.monotonic() - job.started_at
 
     def collect(self, timeout: float) -> None:
         try:
@@ -519,9 +540,9 @@ class Drain:
             logger.error("send of delivery %s ended without a result", job.delivery.pk)
             return
         now = time.monotonic()
-        _slowness.saw(job.subscription_id, now - job.started_at, now)
-        if now - job.started_at < SLOW_AFTER:
+        if job.took < _slowness.threshold():
             self.lane.discard(job.subscription_id)
+        _slowness.saw(job.subscription_id, job.took, now)
         job.finished_at = now
         self.finished.append(job)
 

@@ -1,6 +1,6 @@
 """Slow endpoints do not hold up healthy ones (DESIGN.md section 6, issue 6 isolation).
 
-A send still running after ``SLOW_AFTER`` gives up its fresh slot; its subscription moves to the slow
+A send still running after ``Slowness.threshold()`` gives up its fresh slot; its subscription moves to the slow
 lane with a few threads of its own. Checked in-process against real receivers, by the order in which
 things happen rather than by how long they take.
 """
@@ -145,3 +145,34 @@ def test_send_threads_are_reused_and_started_only_when_all_are_busy() -> None:
         time.sleep(0.01)
     assert sorted(done)[-5:] == [1000, 1001, 1002, 1003, 1004]
     assert threads.started == 3
+
+
+def test_slow_is_relative_to_the_typical_send_within_its_bounds() -> None:
+    slowness = worker.Slowness()
+    assert slowness.threshold() == worker.SLOW_AFTER  # nothing seen yet
+
+    for _ in range(200):
+        slowness.saw("fast", 0.001, now=0.0)
+    assert slowness.threshold() == worker.SLOW_FLOOR  # 10 ms would be too eager
+
+    for _ in range(200):
+        slowness.saw("steady", 0.02, now=0.0)
+    assert slowness.threshold() == pytest.approx(worker.SLOW_FACTOR * 0.02, rel=0.01)
+
+    for _ in range(200):
+        slowness.saw("sluggish", 0.1, now=0.0)  # under 10 x 20 ms: typical, not slow
+    assert slowness.threshold() == worker.SLOW_AFTER  # never later than the ceiling
+
+
+def test_slow_sends_do_not_drag_the_typical_send_up_and_a_fast_answer_forgets_them() -> None:
+    slowness = worker.Slowness()
+    for _ in range(100):
+        slowness.saw("fast", 0.001, now=0.0)
+
+    slowness.saw("dead", 2.0, now=0.0)
+
+    assert slowness.threshold() == worker.SLOW_FLOOR
+    assert slowness.is_slow("dead", now=1.0)
+    assert not slowness.is_slow("dead", now=worker.SLOW_MEMORY + 1)
+    slowness.saw("dead", 0.001, now=2.0)
+    assert not slowness.is_slow("dead", now=3.0)
