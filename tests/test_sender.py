@@ -6,6 +6,7 @@ is replaced wherever a name is used, and `socket.create_connection` refuses any 
 """
 
 import base64
+import dataclasses
 import gzip
 import hashlib
 import hmac
@@ -504,6 +505,94 @@ def test_a_keep_alive_connection_the_peer_closed_while_idle_is_not_reused(allow_
     assert first.success and second.success, (first, second)
     assert [b"X-Webhook-Attempt: 1" in a for a in answered] == [True, False]
     assert b"X-Webhook-Attempt: 2" in answered[1]
+
+
+def answer_each(answers: list[bytes], seen: list[bytes]) -> Callable[[socket.socket], None]:
+    """A raw peer's handler: for each request on one connection, the next of ``answers``."""
+
+    def answer(conn: socket.socket) -> None:
+        for reply in answers:
+            seen.append(read_request(conn))
+            conn.sendall(reply)
+
+    return answer
+
+
+def test_a_chunked_answer_is_read_to_its_end_and_the_connection_carries_the_next_send(allow_loopback) -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6;name=value\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n"
+    )
+    seen: list[bytes] = []
+    port, thread = serve_raw(answer_each([chunked, b"HTTP/1.1 204 No Content\r\n\r\n"], seen), connections=1)
+
+    first = sender.send(message(f"http://127.0.0.1:{port}/hook", attempt=1))
+    second = sender.send(message(f"http://127.0.0.1:{port}/hook", attempt=2))
+    thread.join(timeout=5)
+
+    assert (first.status_code, first.error, first.response_body) == (200, None, "hello world")
+    assert (second.status_code, second.error) == (204, None)
+    assert len(seen) == 2  # both on the one connection the peer accepted
+
+
+def test_interim_answers_are_skipped_for_the_final_one(allow_loopback) -> None:
+    reply = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 201 Created\r\nContent-Length: 7\r\n\r\ncreated"
+    )
+    port, thread = serve_raw(answer_each([reply], []))
+    result = sender.send(message(f"http://127.0.0.1:{port}/hook"))
+    thread.join(timeout=5)
+    assert (result.status_code, result.error, result.response_body) == (201, None, "created")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\n\r\nread up to the close",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 20\r\n\r\nread up to the close",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 20\r\n\r\nread up to the close",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\nContent-Length: 21\r\n\r\nread up to the close",
+    ],
+    ids=["no-length", "connection-close", "http-1.0", "lengths-disagree"],
+)
+def test_an_answer_that_ends_its_connection_is_read_and_the_next_send_dials_again(allow_loopback, reply: bytes) -> None:
+    seen: list[bytes] = []
+    port, thread = serve_raw(answer_each([reply], seen), connections=2)
+
+    first = sender.send(message(f"http://127.0.0.1:{port}/hook", attempt=1))
+    second = sender.send(message(f"http://127.0.0.1:{port}/hook", attempt=2))
+    thread.join(timeout=5)
+
+    assert (first.status_code, first.response_body) == (200, "read up to the close")
+    assert second.success
+    assert len(seen) == 2 and b"X-Webhook-Attempt: 2" in seen[1]
+
+
+def test_a_2xx_whose_chunked_body_breaks_off_is_a_success_with_what_arrived(allow_loopback) -> None:
+    reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"
+    port, thread = serve_raw(answer_each([reply], []))
+    result = sender.send(message(f"http://127.0.0.1:{port}/hook"))
+    thread.join(timeout=5)
+    assert (result.status_code, result.error, result.response_body) == (200, None, "hel")
+
+
+def test_an_answer_that_is_not_http_is_a_failure(allow_loopback) -> None:
+    port, thread = serve_raw(answer_each([b"SSH-2.0-OpenSSH_9.2\r\n\r\n"], []))
+    result = sender.send(message(f"http://127.0.0.1:{port}/hook"))
+    thread.join(timeout=5)
+    assert (result.status_code, result.error) == (None, "connection error: BadStatusLine")
+
+
+def test_a_header_value_with_a_line_break_is_refused_before_anything_is_sent(
+    allow_loopback, receiver: Receiver
+) -> None:
+    smuggling = dataclasses.replace(message(receiver.url()), correlation_id="req-1\r\nX-Injected: yes")
+    result = sender.send(smuggling)
+    assert (result.status_code, result.error) == (None, "connection error: ValueError")
+    assert sender.send(message(receiver.url())).success
+    (got,) = receiver.wait_for(1)
+    assert "x-injected" not in lower(got.headers)
 
 
 @pytest.fixture
