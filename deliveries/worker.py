@@ -94,27 +94,33 @@ CLAIM_SQL_SQLITE = (
 
 
 class Loader:
-    """Model instances straight from a row's columns, with the fields' own converters (JSON and so on).
+    """Model instances from the JSON PostgreSQL made of their rows (``json_agg``): one C-level parse for a
+    whole claim instead of a database type loader per column and row.
 
-    What ``select_related`` builds, without the queryset machinery: the claim returns the rows it
-    leased joined to their events and subscriptions, in one statement.
+    Loading a claim's rows column by column cost 35-37 µs of CPU a row (six timestamps among them); as
+    JSON, parsed at once, 18-21 µs (claim of 100, in process, issue 6). Timestamps arrive as ISO 8601
+    text; JSON columns arrive parsed; every other field of these models is a string, a number or a
+    boolean in JSON too.
     """
 
-    def __init__(self, model: type[models.Model], alias: str) -> None:
-        self.model = model
-        self.fields = model._meta.concrete_fields
-        self.attnames = [field.attname for field in self.fields]
-        self.select = ", ".join(f"{alias}.{connection.ops.quote_name(field.column)}" for field in self.fields)
-        self.converters = []
-        for index, field in enumerate(self.fields):
-            col = field.get_col(alias)
-            for converter in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
-                self.converters.append((index, converter, col))
+    AS_JSON = {"CharField", "ForeignKey", "BooleanField", "IntegerField", "PositiveIntegerField"}
+    AS_JSON |= {"PositiveSmallIntegerField", "JSONField"}
 
-    def load(self, values: tuple) -> models.Model:
-        values = list(values)
-        for index, converter, col in self.converters:
-            values[index] = converter(values[index], col, connection)
+    def __init__(self, model: type[models.Model]) -> None:
+        self.model = model
+        fields = model._meta.concrete_fields
+        self.attnames = [field.attname for field in fields]
+        self.columns = [field.column for field in fields]
+        self.times = [index for index, field in enumerate(fields) if field.get_internal_type() == "DateTimeField"]
+        unknown = [f.name for f in fields if f.get_internal_type() not in self.AS_JSON | {"DateTimeField"}]
+        if unknown:
+            raise TypeError(f"{model.__name__} fields {unknown} need a converter to load from JSON")
+
+    def load(self, row: dict) -> models.Model:
+        values = [row[column] for column in self.columns]
+        for index in self.times:
+            if values[index] is not None:
+                values[index] = datetime.fromisoformat(values[index])
         return self.model.from_db(connection.alias, self.attnames, values)
 
 
@@ -122,15 +128,15 @@ class Loader:
 def _claim_loader() -> tuple[str, Loader, Loader, Loader]:
     from webhooks.models import Event
 
-    loaders = Loader(Delivery, "claimed"), Loader(Event, "e"), Loader(Subscription, "s")
-    select = ", ".join(loader.select for loader in loaders)
-    # Table and column names come from the models; values are parameters.
+    # Table names come from the models; values are parameters.
     sql = (
-        f"{CLAIMED_POSTGRESQL}SELECT {select} FROM claimed "  # noqa: S608
-        f"JOIN {Event._meta.db_table} AS e ON e.id = claimed.event_id "
-        f"JOIN {Subscription._meta.db_table} AS s ON s.id = claimed.subscription_id"
+        f"{CLAIMED_POSTGRESQL}SELECT (SELECT json_agg(c)::text FROM claimed AS c), "  # noqa: S608
+        f"(SELECT json_agg(e)::text FROM {Event._meta.db_table} AS e "
+        "WHERE e.id IN (SELECT event_id FROM claimed)), "
+        f"(SELECT json_agg(s)::text FROM {Subscription._meta.db_table} AS s "
+        "WHERE s.id IN (SELECT subscription_id FROM claimed))"
     )
-    return (sql, *loaders)
+    return sql, Loader(Delivery), Loader(Event), Loader(Subscription)
 
 
 def claim_deliveries(
@@ -148,19 +154,17 @@ def claim_deliveries(
     sql, deliveries, events, subscriptions = _claim_loader()
     with connection.cursor() as cursor:
         cursor.execute(sql, _claim_params(limit, exclude, only))
-        rows = cursor.fetchall()
-    split = (len(deliveries.fields), len(deliveries.fields) + len(events.fields))
+        claimed_rows, event_rows, subscription_rows = cursor.fetchone()
+    if not claimed_rows:
+        return []
+    event_of = {event.pk: event for event in map(events.load, json.loads(event_rows))}
+    subscription_of = {sub.pk: sub for sub in map(subscriptions.load, json.loads(subscription_rows))}
     event_field, subscription_field = Delivery._meta.get_field("event"), Delivery._meta.get_field("subscription")
-    seen_events: dict[str, models.Model] = {}
-    seen_subscriptions: dict[str, Subscription] = {}
     loaded = []
-    for row in rows:
-        delivery = deliveries.load(row[: split[0]])
-        event = seen_events.get(delivery.event_id) or events.load(row[split[0] : split[1]])
-        subscription = seen_subscriptions.get(delivery.subscription_id) or subscriptions.load(row[split[1] :])
-        seen_events[event.pk], seen_subscriptions[subscription.pk] = event, subscription
-        event_field.set_cached_value(delivery, event)
-        subscription_field.set_cached_value(delivery, subscription)
+    for row in json.loads(claimed_rows):
+        delivery = deliveries.load(row)
+        event_field.set_cached_value(delivery, event_of[delivery.event_id])
+        subscription_field.set_cached_value(delivery, subscription_of[delivery.subscription_id])
         loaded.append((delivery, delivery.attempt_count))
     return loaded
 

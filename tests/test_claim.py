@@ -129,3 +129,36 @@ def test_claim_deliveries_loads_each_row_with_its_event_and_subscription_in_one_
     for row in loaded:
         assert row[1:] == (1, {"total": 12, "items": ["a"]}, event.created_at, subscription.url, subscription.secret)
     assert all(d.attempt_count == 1 and d.next_attempt_at > timezone.now() for d, _ in claimed)
+
+
+@pytest.mark.django_db
+def test_claim_deliveries_loads_every_field_as_the_orm_reads_it() -> None:
+    now = timezone.now()
+    subscription = Subscription.objects.create(
+        url="https://example.com/hook?x=1",
+        events=["order.*", "#"],
+        description="field check",
+        previous_secret="whsec_old",
+        previous_secret_expires_at=now + timedelta(hours=1),
+        last_success_at=now - timedelta(minutes=5),
+        consecutive_failures=2,
+    )
+    event = Event.objects.create(type="order.created", data={"n": 1.5, "s": "é", "l": [None, True]}, correlation_id="c")
+    Delivery.objects.create(
+        event=event,
+        subscription=subscription,
+        event_type=event.type,
+        next_attempt_at=now,
+        failures=1,
+        last_error="timeout",
+        last_status_code=503,
+    )
+
+    ((delivery, _),) = claim_deliveries(10)
+
+    for loaded, model in ((delivery, Delivery), (delivery.event, Event), (delivery.subscription, Subscription)):
+        stored = model.objects.get(pk=loaded.pk)
+        for field in model._meta.concrete_fields:
+            assert getattr(loaded, field.attname) == getattr(stored, field.attname), field.name
+    assert delivery.subscription.previous_secret_expires_at.tzinfo is not None
+    assert delivery.subscription.signing_secrets() == stored.signing_secrets()
