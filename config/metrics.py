@@ -5,6 +5,9 @@ Counters and histograms are written by whichever process observes them (web or w
 database at scrape time, so they are right whichever process answers ``/metrics``.
 """
 
+from bisect import bisect_left
+from collections import Counter as Tally
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -21,6 +24,21 @@ DELIVERY_LATENCY = Histogram(
 )
 SUBSCRIPTIONS_DISABLED = Counter("hookrelay_subscriptions_disabled_total", "Subscriptions disabled by the engine")
 RATE_LIMITED = Counter("hookrelay_ratelimit_rejections_total", "API requests refused with 429")
+
+
+def observe_many(histogram: Histogram, values: list[float]) -> None:
+    """``histogram.observe(v)`` for every value: one increment of the sum and one per bucket touched.
+
+    Each ``observe`` is two increments, each a lock, a pid check and an mmap write in multiprocess mode:
+    about 4 µs of a worker's CPU per delivery (issue 6). This reads prometheus-client's (pinned)
+    bucket layout, as ``observe`` itself does: the first bucket whose bound is >= the value.
+    """
+    if not values:
+        return
+    histogram._raise_if_not_observable()
+    histogram._sum.inc(sum(values))
+    for index, count in Tally(bisect_left(histogram._upper_bounds, value) for value in values).items():
+        histogram._buckets[index].inc(count)
 
 
 def status_class(status_code: int | None) -> str:

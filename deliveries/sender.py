@@ -562,6 +562,7 @@ def describe_error(exc: BaseException, timed_out: bool = False) -> str:
     return f"connection error: {type(exc).__name__}"
 
 
+@functools.lru_cache(maxsize=4096)
 def safe_url(url: str) -> str:
     """Scheme, host and path only: a query string may hold a token (CONTRACT.md section 4).
 

@@ -63,7 +63,9 @@ SAVE_OUTCOMES_SQL = (
     "WHERE deliveries_delivery.id = v.id AND deliveries_delivery.attempt_count = v.number "
     "AND deliveries_delivery.status = %s RETURNING deliveries_delivery.id"
 )
-# PostgreSQL: a batch's attempts and outcomes as arrays, one statement (so one implicit transaction).
+# PostgreSQL: a batch's attempts and outcomes as one JSON parameter, one statement (so one implicit
+# transaction). As twelve arrays, psycopg dumped each element in Python: 12 µs of CPU a row, as JSON
+# (json.dumps is C) 7 µs, in process (issue 6).
 # "d.status = v.was" is a join condition on purpose: as a filter on d it let the planner, misled by
 # stale statistics right after a fan-out, hash-join every pending row (57 ms a batch at 5,000 pending)
 # instead of looking up 100 rows by primary key.
@@ -72,11 +74,10 @@ RECORD_COLUMNS = (
     "error", "status_code", "started_at", "duration_ms", "response_body", "success",
 )  # fmt: skip
 RECORD_SQL_POSTGRESQL = (
-    "WITH v AS (SELECT * FROM unnest(%(id)s::varchar[], %(number)s::int[], %(status)s::varchar[], "
-    "%(next_attempt_at)s::timestamptz[], %(completed_at)s::timestamptz[], %(failures)s::int[], %(error)s::text[], "
-    "%(status_code)s::int[], %(started_at)s::timestamptz[], %(duration_ms)s::int[], %(response_body)s::text[], "
-    "%(success)s::bool[]) AS v(id, number, status, next_attempt_at, completed_at, failures, error, status_code, "
-    "started_at, duration_ms, response_body, success), (SELECT %(pending)s::varchar AS was) AS expected), "
+    "WITH v AS (SELECT * FROM json_to_recordset(%(rows)s::json) AS v(id varchar, number int, status varchar, "
+    "next_attempt_at timestamptz, completed_at timestamptz, failures int, error text, status_code int, "
+    "started_at timestamptz, duration_ms int, response_body text, success bool), "
+    "(SELECT %(pending)s::varchar AS was) AS expected), "
     "attempts AS (INSERT INTO deliveries_attempt (delivery_id, number, started_at, duration_ms, status_code, error, "
     "response_body, success) SELECT id, number, started_at, duration_ms, status_code, error, response_body, success "
     "FROM v) "
@@ -655,31 +656,31 @@ def _move_on(job: Job) -> None:
 
 def _record_postgresql(jobs: list[Job]) -> set[str]:
     """The attempts and the deliveries' new states in one statement, with a fixed text."""
-    columns: dict[str, list] = {name: [] for name in RECORD_COLUMNS}
+    rows = []
     for job in jobs:
         delivery, result = job.delivery, job.result
-        for name, value in zip(
-            RECORD_COLUMNS,
-            (
-                delivery.pk,
-                job.number,
-                delivery.status,
-                delivery.next_attempt_at,
-                delivery.completed_at,
-                delivery.failures,
-                result.error,
-                result.status_code,
-                result.started_at,
-                result.duration_ms,
-                result.response_body,
-                result.success,
-            ),
-            strict=True,
-        ):
-            columns[name].append(value)
+        values = (
+            delivery.pk,
+            job.number,
+            delivery.status,
+            _iso(delivery.next_attempt_at),
+            _iso(delivery.completed_at),
+            delivery.failures,
+            result.error,
+            result.status_code,
+            result.started_at.isoformat(),
+            result.duration_ms,
+            result.response_body,
+            result.success,
+        )
+        rows.append(dict(zip(RECORD_COLUMNS, values, strict=True)))
     with connection.cursor() as cursor:
-        cursor.execute(RECORD_SQL_POSTGRESQL, {**columns, "pending": Status.PENDING})
+        cursor.execute(RECORD_SQL_POSTGRESQL, {"rows": json.dumps(rows), "pending": Status.PENDING})
         return {pk for (pk,) in cursor.fetchall()}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 def save_outcomes(jobs: list[Job]) -> set[str]:
@@ -745,21 +746,27 @@ def _count_failure(subscription: Subscription) -> None:
 def _observe(jobs: list[Job]) -> None:
     """One log line per attempt, and the batch's metrics (CONTRACT.md section 3, Operations)."""
     counts: Counter[tuple[str, str]] = Counter()
+    latencies = []
+    logging_attempts = logger.isEnabledFor(logging.INFO)
     for job in jobs:
         result = job.result
         outcome = "success" if result.success else "failure"
         counts[outcome, metrics.status_class(result.status_code)] += 1
-        metrics.ATTEMPT_DURATION.observe(result.duration_ms / 1000)
         if result.success:
             latency = job.delivery.completed_at - job.delivery.event.created_at
-            metrics.DELIVERY_LATENCY.observe(max(0.0, latency.total_seconds()))
-        _log_attempt(job, outcome)
+            latencies.append(max(0.0, latency.total_seconds()))
+        if logging_attempts:
+            _log_attempt(job, outcome)
+    metrics.observe_many(metrics.ATTEMPT_DURATION, [job.result.duration_ms / 1000 for job in jobs])
+    metrics.observe_many(metrics.DELIVERY_LATENCY, latencies)
     for labels, count in counts.items():
         metrics.ATTEMPTS.labels(*labels).inc(count)
 
 
 def _log_attempt(job: Job, outcome: str) -> None:
     delivery, result = job.delivery, job.result
+    url = sender.safe_url(delivery.subscription.url)
+    correlation_id = delivery.event.correlation_id or "-"
     fields = {
         "event": delivery.event_id,
         "delivery": delivery.id,
@@ -769,11 +776,15 @@ def _log_attempt(job: Job, outcome: str) -> None:
         "status": result.status_code,
         "duration_ms": result.duration_ms,
         "error": result.error,
-        "url": sender.safe_url(delivery.subscription.url),
-        "correlation_id": delivery.event.correlation_id or "-",
+        "url": url,
+        "correlation_id": correlation_id,
     }
-    words = " ".join(f"{name}={value!r}" if name == "error" else f"{name}={value}" for name, value in fields.items())
-    logger.info(f"attempt {words}", extra=fields)
+    logger.info(
+        f"attempt event={delivery.event_id} delivery={delivery.id} subscription={delivery.subscription_id} "
+        f"attempt={job.number} outcome={outcome} status={result.status_code} duration_ms={result.duration_ms} "
+        f"error={result.error!r} url={url} correlation_id={correlation_id}",
+        extra=fields,
+    )
 
 
 def sweep(max_drains: int = 4) -> int:

@@ -343,3 +343,31 @@ def test_healthz_names_the_database_when_it_is_unreachable(servers: Servers) -> 
 
     assert status == 503
     assert body["database"] != "ok" and body["broker"] == "ok" and body["status"] != "ok"
+
+
+def test_observe_many_counts_each_value_in_the_bucket_observe_would() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from config.metrics import LATENCY_BUCKETS, observe_many
+
+    registry = CollectorRegistry()
+    one_by_one = Histogram("one_by_one_seconds", "observe", buckets=LATENCY_BUCKETS, registry=registry)
+    batched = Histogram("batched_seconds", "observe_many", buckets=LATENCY_BUCKETS, registry=registry)
+    # Below, on and between bounds, past the last one, and zero.
+    values = [0.0, 0.001, 0.005, 0.0051, 0.01, 0.3, 0.3, 1, 7.5, 21600, 99999.0]
+
+    for value in values:
+        one_by_one.observe(value)
+    observe_many(batched, values)
+    observe_many(batched, [])
+
+    def samples(histogram: Histogram) -> list[tuple[str, dict, float]]:
+        (family,) = histogram.collect()
+        return [
+            (s.name.removeprefix(family.name), s.labels, s.value)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples(batched) == samples(one_by_one)
+    assert {s[1].get("le"): s[2] for s in samples(batched) if s[0] == "_bucket"}["0.005"] == 3
