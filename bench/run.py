@@ -60,7 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL))
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL))
-    parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 2, help="worker processes (cores)")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="worker processes (default: the app's, two per core)"
+    )
     parser.add_argument("--profile", action="store_true", help="after the runs, one more drain under py-spy")
     parser.add_argument("--drop-database", action="store_true", help="drop the benchmark database at the end")
     parser.add_argument("--keep-logs", action="store_true", help="keep the work folder with every process log")
@@ -236,17 +238,21 @@ def main(argv: list[str] | None = None) -> int:
     stack.install_signal_handlers()
     atexit.register(stack.cleanup)
     workdir = Path(tempfile.mkdtemp(prefix="hookrelay-bench-"))
-    config = stack.Config(args.database_url, args.redis_url, workdir, args.concurrency)
+    config = stack.Config(args.database_url, args.redis_url, workdir, args.concurrency or 0)
     sizes = scenarios.QUICK if args.quick else scenarios.FULL
     failed = False
     sink = None
     try:
         stack.check_names(config)
         print(f"Hookrelay benchmarks ({'quick' if args.quick else f'{args.runs} runs each'}); work folder {workdir}")
-        print(f"  database {config.database_name}, redis {config.redis_url}, {config.concurrency} worker processes")
         stack.ensure_services(config)
         stack.recreate_database(config)
         setup_django(config)
+        if not config.concurrency:
+            from django.conf import settings
+
+            config.concurrency = settings.CELERY_WORKER_CONCURRENCY
+        print(f"  database {config.database_name}, redis {config.redis_url}, {config.concurrency} worker processes")
         load_before = os.getloadavg()
         slow_delay = sizes.isolation_timeout + 3
         sink = stack.Sink(config, slow_delay=slow_delay)

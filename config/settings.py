@@ -186,6 +186,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Two worker processes per core: a drain's main thread waits on PostgreSQL (claim, record, commit)
+# about half of its time, and its sends wait while it does. With one process per core the drain
+# benchmark left a quarter of the CPU idle; two per core used it (issue 6). ``--concurrency`` overrides.
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2 * (os.cpu_count() or 1))
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
