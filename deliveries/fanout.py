@@ -11,6 +11,15 @@ INSERT_FANOUT_SQL = (
     "SELECT row.id, %(event)s, row.subscription, %(type)s, %(pending)s, 0, 0, %(now)s, %(now)s "
     "FROM unnest(%(ids)s::text[], %(subscriptions)s::text[]) AS row(id, subscription)"
 )
+# The same fan-out after ``WITH new_event AS (INSERT ... RETURNING id, type, created_at)``: the event's
+# columns come from the inserted row, not from three more parameters to adapt (with the plain-str status,
+# 27.5 -> 21.7 us to build and adapt a publish's parameters).
+INSERT_FANOUT_AFTER_EVENT_SQL = (
+    "INSERT INTO deliveries_delivery (id, event_id, subscription_id, event_type, status, attempt_count, "
+    "failures, next_attempt_at, created_at) "
+    "SELECT row.id, new_event.id, row.subscription, new_event.type, %(pending)s, 0, 0, new_event.created_at, "
+    "new_event.created_at FROM new_event, unnest(%(ids)s::text[], %(subscriptions)s::text[]) AS row(id, subscription)"
+)
 
 
 def create_deliveries(event, subscription_ids: list[str]) -> int:
@@ -40,12 +49,17 @@ def _insert_with_arrays(event, subscription_ids: list[str]) -> None:
 
 
 def fanout_params(event, subscription_ids: list[str]) -> dict:
-    """The parameters of ``INSERT_FANOUT_SQL`` (PostgreSQL), for a caller that runs it with its own insert."""
+    """The parameters of ``INSERT_FANOUT_SQL`` (PostgreSQL)."""
+    return {"event": event.id, "type": event.type, "now": event.created_at} | fanout_after_event_params(
+        subscription_ids
+    )
+
+
+def fanout_after_event_params(subscription_ids: list[str]) -> dict:
+    """The parameters of ``INSERT_FANOUT_AFTER_EVENT_SQL``, for a caller that runs it with its own insert."""
     return {
-        "event": event.id,
-        "type": event.type,
-        "pending": Status.PENDING,
-        "now": event.created_at,
+        # The plain str: psycopg adapts it in half the time of the enum member (2 vs 4 us).
+        "pending": Status.PENDING.value,
         "ids": [new_delivery_id() for _ in subscription_ids],
         "subscriptions": subscription_ids,
     }

@@ -30,7 +30,12 @@ class _Redis:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=2)
-        self.ring = self.client.register_script(RING_SCRIPT)
+        # Rings go over a connection of their own, which redis-py locks per command, instead of one taken
+        # from the pool and given back on every publish: 284 -> 256 us of CPU a publish (scratch benchmark).
+        ringer = redis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=2, single_connection_client=True
+        )
+        self.ring = ringer.register_script(RING_SCRIPT)
 
 
 _redis: _Redis | None = None
