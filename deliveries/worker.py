@@ -7,6 +7,7 @@ HTTP call; a worker killed mid-send leaves a lease that expires and the sweeper 
 import functools
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -350,7 +351,8 @@ def drain(budget: float = DRAIN_BUDGET_SECONDS, linger: float = 0.0) -> int:
     a new event then reaches a drain that is already running, with no task to start (latency).
     """
     clear_wake()
-    return Drain(budget, linger=linger).run()
+    # Lingering waits on the Redis doorbell; without Redis an idle drain would only poll the table.
+    return Drain(budget, linger=linger if settings.REDIS_URL else 0.0).run()
 
 
 def deliver_batch(limit: int | None = None) -> int:
@@ -394,7 +396,10 @@ class Drain:
             while True:
                 self.start_sends()
                 if not self.running:
-                    self.record()
+                    # Idle or not, finished sends wait up to RECORD_DELAY for others: under a trickle of
+                    # events, recording every send alone cost a statement and a commit each (issue 6).
+                    if len(self.finished) >= self.batch or self.finished_for(RECORD_DELAY):
+                        self.record()
                     if self.may_claim() or (self.queued and not self.out_of_time()):
                         continue
                     if self.queued or not self.wait_for_work():
@@ -403,6 +408,7 @@ class Drain:
                 self.collect(timeout=RECORD_DELAY)
                 if len(self.finished) >= self.batch or self.finished_for(RECORD_DELAY):
                     self.record()
+            self.record()
         finally:
             _release_unsent(list(self.queued))
         if self.more_due and self.claims_left is None:
@@ -425,8 +431,10 @@ class Drain:
         until = min(self.busy_at + self.linger, self.deadline)
         if self.claims_left is not None or now >= until:
             return False
-        wait_for_ring(min(POLL_WHILE_IDLE, until - now))
-        self.more_due = True
+        record_at = self.finished[0].finished_at + RECORD_DELAY if self.finished else math.inf
+        rang = wait_for_ring(min(POLL_WHILE_IDLE, until - now, max(0.001, record_at - now)))
+        if rang or time.monotonic() < record_at:  # not merely woken to record what finished
+            self.more_due = True
         return True
 
     def out_of_time(self) -> bool:

@@ -68,3 +68,16 @@ def test_a_lingering_drain_delivers_an_event_published_after_it_went_idle(
     assert got.headers["webhook-id"] == event.id
     assert handled == [1]
     assert Delivery.objects.get(event=event).status == Status.SUCCEEDED
+
+
+@pytest.mark.django_db
+def test_without_redis_an_idle_drain_looks_at_the_rows_once_and_ends(settings) -> None:
+    from django.test.utils import CaptureQueriesContext
+
+    settings.REDIS_URL = ""  # nothing to wait on: lingering would only poll the table in a loop
+
+    with CaptureQueriesContext(connection) as queries:
+        assert worker.drain(budget=5, linger=2) == 0
+
+    claims = [q for q in queries.captured_queries if "FOR UPDATE SKIP LOCKED" in q["sql"] or "json_each" in q["sql"]]
+    assert len(claims) == 1, claims
