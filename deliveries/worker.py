@@ -24,6 +24,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from config import metrics
+from config.db import planned_once
 from deliveries import actions, alerts, sender
 from deliveries.models import Attempt, Delivery, Status
 from deliveries.sender import Message, Result
@@ -39,7 +40,7 @@ SUCCESS_MARK_EVERY = timedelta(seconds=1)  # last_success_at is kept to the seco
 # claim(20) leased 300 rows that way.
 CLAIMED_POSTGRESQL = (
     "WITH due AS (SELECT id FROM deliveries_delivery WHERE status = %(pending)s AND next_attempt_at <= %(now)s "
-    "AND NOT (subscription_id = ANY(%(exclude)s)) AND (%(only)s::text IS NULL OR subscription_id = %(only)s) "
+    "AND NOT (subscription_id = ANY(%(exclude)s::text[])) AND (%(only)s::text IS NULL OR subscription_id = %(only)s) "
     "ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED), "
     "claimed AS (UPDATE deliveries_delivery AS d SET next_attempt_at = %(lease_until)s, "
     "attempt_count = d.attempt_count + 1 FROM due WHERE d.id = due.id RETURNING d.*) "
@@ -154,7 +155,7 @@ def claim_deliveries(
         deliveries = Delivery.objects.filter(id__in=claimed).select_related("event", "subscription")
         return [(delivery, claimed[delivery.id]) for delivery in deliveries]
     sql, deliveries, events, subscriptions = _claim_loader()
-    with connection.cursor() as cursor:
+    with planned_once() as cursor:
         cursor.execute(sql, _claim_params(limit, exclude, only))
         claimed_rows, event_rows, subscription_rows = cursor.fetchone()
     if not claimed_rows:
@@ -183,7 +184,7 @@ def claim(limit: int, exclude: set[str] = frozenset(), only: str | None = None) 
     pass each other; on SQLite a conditional UPDATE does the same job (DESIGN.md section 7).
     """
     sql = CLAIM_SQL_POSTGRESQL if connection.vendor == "postgresql" else CLAIM_SQL_SQLITE
-    with connection.cursor() as cursor:
+    with planned_once() as cursor:
         cursor.execute(sql, _claim_params(limit, exclude, only))
         return dict(cursor.fetchall())
 
@@ -193,7 +194,7 @@ def _claim_params(limit: int, exclude: set[str], only: str | None) -> dict:
     return {
         "exclude": sorted(exclude) if connection.vendor == "postgresql" else json.dumps(sorted(exclude)),
         "only": only,
-        "pending": Status.PENDING,
+        "pending": Status.PENDING.value,
         "now": connection.ops.adapt_datetimefield_value(now),
         "lease_until": connection.ops.adapt_datetimefield_value(now + timedelta(seconds=lease_seconds())),
         "limit": limit,
@@ -682,8 +683,8 @@ def _record_postgresql(jobs: list[Job]) -> set[str]:
             result.success,
         )
         rows.append(dict(zip(RECORD_COLUMNS, values, strict=True)))
-    with connection.cursor() as cursor:
-        cursor.execute(RECORD_SQL_POSTGRESQL, {"rows": json.dumps(rows), "pending": Status.PENDING})
+    with planned_once() as cursor:
+        cursor.execute(RECORD_SQL_POSTGRESQL, {"rows": json.dumps(rows), "pending": Status.PENDING.value})
         return {pk for (pk,) in cursor.fetchall()}
 
 

@@ -7,6 +7,7 @@ from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
 from config import metrics
+from config.db import planned_once
 from deliveries.fanout import INSERT_FANOUT_AFTER_EVENT_SQL, create_deliveries, fanout_after_event_params
 from deliveries.wake import wake
 from subscriptions import topics
@@ -121,7 +122,7 @@ def insert_in_one_statement(event: Event, receivers: list[str], known: Candidate
         params |= fanout_after_event_params(receivers)
     else:
         sql = f"WITH new_event AS ({sql} RETURNING id)"
-    with connection.cursor() as cursor:
+    with planned_once() as cursor:
         cursor.execute(f"{sql} SELECT count(*) FROM new_event", params)  # noqa: S608 - model names
         if not cursor.fetchone()[0]:
             return False
@@ -137,7 +138,10 @@ def insert_in_one_statement(event: Event, receivers: list[str], known: Candidate
 def insert_event_sql(*, guarded: bool, for_tenant: bool) -> tuple[str, list[tuple[str, models.Field]]]:
     fields = [(f"event_{field.attname}", field) for field in Event._meta.concrete_fields]
     columns = ", ".join(connection.ops.quote_name(field.column) for _, field in fields)
-    values = ", ".join(f"%({name})s" for name, _ in fields)
+    # Typed like their columns (without a length: an explicit cast would truncate, the insert refuses): a
+    # prepared statement deduces one type per parameter, and the tenant's also meets a varchar column in
+    # the guard.
+    values = ", ".join(f"%({name})s::{field.db_type(connection).split('(')[0]}" for name, field in fields)
     insert = f"INSERT INTO {Event._meta.db_table} ({columns})"
     if not guarded:
         return f"{insert} VALUES ({values})", fields
