@@ -11,6 +11,7 @@ from oauth2_provider.scopes import BaseScopes
 from rest_framework import exceptions, permissions
 from rest_framework.request import Request
 
+from config.db import planned_once
 from subscriptions.models import ApiClient, Tenant
 
 PLATFORM = None
@@ -72,7 +73,7 @@ ACCESS_SQL = (
 
 def load_access_token(token: str) -> AccessToken | None:
     """The token with its application (id only), API client and tenant attached, or None."""
-    with connection.cursor() as cursor:
+    with planned_once() as cursor:
         cursor.execute(ACCESS_SQL, [hashlib.sha256(token.encode()).hexdigest()])
         row = cursor.fetchone()
     if row is None:
