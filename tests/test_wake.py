@@ -81,3 +81,30 @@ def test_without_redis_an_idle_drain_looks_at_the_rows_once_and_ends(settings) -
 
     claims = [q for q in queries.captured_queries if "FOR UPDATE SKIP LOCKED" in q["sql"] or "json_each" in q["sql"]]
     assert len(claims) == 1, claims
+
+
+def test_a_wake_up_still_rings_after_redis_forgot_its_scripts(flush_redis) -> None:
+    import redis
+    from django.conf import settings
+
+    wake.wake()
+    assert wake.wait_for_ring(1) is True
+    redis.Redis.from_url(settings.REDIS_URL).script_flush()  # as after a restart of Redis
+
+    wake.wake()
+
+    assert wake.wait_for_ring(1) is True
+
+
+def test_a_wake_up_still_rings_after_its_connection_was_dropped(flush_redis) -> None:
+    import redis
+    from django.conf import settings
+
+    wake.wake()
+    assert wake.wait_for_ring(1) is True
+    ring_id = wake._client().ring.client.client_id()  # the ringer's own connection
+    assert redis.Redis.from_url(settings.REDIS_URL).client_kill_filter(_id=ring_id) == 1
+
+    wake.wake()
+
+    assert wake.wait_for_ring(1) is True
