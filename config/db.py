@@ -5,12 +5,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from django.conf import settings
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
 
 @contextmanager
-def planned_once() -> Iterator[CursorWrapper]:
+def planned_once(connection: BaseDatabaseWrapper | None = None) -> Iterator[CursorWrapper]:
     """A cursor whose statements PostgreSQL prepares (parses and plans) once per connection.
 
     Django binds parameters on the client and turns psycopg's prepared statements off, so PostgreSQL
@@ -20,16 +21,18 @@ def planned_once() -> Iterator[CursorWrapper]:
     PgBouncer older than 1.21 cannot follow prepared statements: set ``WEBHOOK_PREPARED_STATEMENTS``
     to false there.
     """
+    connection = connection or connections[DEFAULT_DB_ALIAS]  # once: each use of the proxy is a lookup
     if connection.vendor != "postgresql" or not settings.WEBHOOK_PREPARED_STATEMENTS:
         with connection.cursor() as cursor:
             yield cursor
         return
     connection.ensure_connection()
-    if connection.connection.prepare_threshold is None:
+    pg = connection.connection
+    if pg.prepare_threshold is None:
         # psycopg prepares nothing while the threshold is None, not even on request. Django's own cursors
         # bind on the client and never prepare, so this only lets ours.
-        connection.connection.prepare_threshold = 2**31
-    raw = _preparing_cursor_class()(connection.connection)
+        pg.prepare_threshold = 2**31
+    raw = _preparing_cursor_class()(pg)
     cursor = PreparedDebugWrapper(raw, connection) if connection.queries_logged else connection.make_cursor(raw)
     with cursor:
         yield cursor

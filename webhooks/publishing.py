@@ -3,7 +3,7 @@ import re
 from contextlib import nullcontext
 from datetime import timedelta
 
-from django.db import IntegrityError, connection, models, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, models, transaction
 from django.utils import timezone
 
 from config import metrics
@@ -73,11 +73,12 @@ def publish(
 def record_event(fields: dict) -> Event:
     # A savepoint only where a duplicate key can fail the insert: the caller's transaction survives it.
     keyed = fields["idempotency_key"] is not None
-    with transaction.atomic() if keyed or connection.vendor != "postgresql" else nullcontext():
+    postgresql = connection.vendor == "postgresql"
+    with transaction.atomic() if keyed or not postgresql else nullcontext():
         if keyed:
             release_expired_key(fields["idempotency_scope"], fields["idempotency_key"])
         event = Event(**fields)
-        if connection.vendor == "postgresql":
+        if postgresql:
             receivers = insert_with_receivers(event)
         else:
             receivers = receiving(event.type, event.tenant)
@@ -114,7 +115,9 @@ def insert_in_one_statement(event: Event, receivers: list[str], known: Candidate
     transaction, one implicit commit instead of BEGIN, two inserts and COMMIT. With ``known``, only if the
     subscriptions are still those candidates in the statement's snapshot; returns whether it inserted."""
     sql, fields = insert_event_sql(guarded=known is not None, for_tenant=event.tenant_id is not None)
-    params = {name: field.get_db_prep_save(getattr(event, field.attname), connection) for name, field in fields}
+    # The connection itself, not the thread-local proxy: a lookup per attribute was a tenth of publish()'s CPU.
+    db = connections[DEFAULT_DB_ALIAS]
+    params = {name: field.get_db_prep_save(getattr(event, field.attname), db) for name, field in fields}
     if known is not None:
         params["fingerprint"] = known.fingerprint
     if receivers:
@@ -122,15 +125,15 @@ def insert_in_one_statement(event: Event, receivers: list[str], known: Candidate
         params |= fanout_after_event_params(receivers)
     else:
         sql = f"WITH new_event AS ({sql} RETURNING id)"
-    with planned_once() as cursor:
+    with planned_once(db) as cursor:
         cursor.execute(f"{sql} SELECT count(*) FROM new_event", params)  # noqa: S608 - model names
         if not cursor.fetchone()[0]:
             return False
     if receivers:
         # After the statement: outside a transaction on_commit runs at once, and a wake-up sent before the
         # insert let a drain claim too early, find nothing and wait for the next ring (latency, issue 6).
-        transaction.on_commit(wake)
-    event._state.adding, event._state.db = False, connection.alias
+        db.on_commit(wake)
+    event._state.adding, event._state.db = False, db.alias
     return True
 
 
