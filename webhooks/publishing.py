@@ -1,4 +1,5 @@
 import functools
+import math
 import re
 from contextlib import nullcontext
 from datetime import timedelta
@@ -160,15 +161,19 @@ def find_replay(scope: str, key: str) -> Event | None:
     return event
 
 
-def has_unstorable_text(value: object) -> bool:
-    """NUL and lone surrogates: PostgreSQL's jsonb refuses them and UTF-8 cannot encode them."""
+def has_unstorable_text(value: object, *, or_non_finite: bool = False) -> bool:
+    """NUL and lone surrogates: PostgreSQL's jsonb refuses them and UTF-8 cannot encode them. With
+    ``or_non_finite``, also NaN and infinities, which JSON cannot express (``1e999`` parses as infinity)."""
     if isinstance(value, str):
         return UNSTORABLE.search(value) is not None
     if isinstance(value, dict):
-        return any(has_unstorable_text(k) or has_unstorable_text(v) for k, v in value.items())
+        return any(
+            has_unstorable_text(k, or_non_finite=or_non_finite) or has_unstorable_text(v, or_non_finite=or_non_finite)
+            for k, v in value.items()
+        )
     if isinstance(value, list):
-        return any(has_unstorable_text(item) for item in value)
-    return False
+        return any(has_unstorable_text(item, or_non_finite=or_non_finite) for item in value)
+    return or_non_finite and isinstance(value, float) and not math.isfinite(value)
 
 
 def resolve_tenant(tenant: Tenant | str | None) -> Tenant | None:
