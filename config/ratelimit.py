@@ -21,6 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from config import metrics
+from config.redis_script import Script
 
 logger = logging.getLogger("hookrelay.ratelimit")
 LIMITED_PATHS = ("/api/", "/oauth/token/")
@@ -61,8 +62,7 @@ class Counter:
     """Counts hits per key and window: Redis when configured, the local cache otherwise."""
 
     def __init__(self) -> None:
-        self._redis: redis.Redis | None = None
-        self._script: Callable | None = None
+        self._script: Script | None = None
         self._last_warning = 0.0
 
     def hit(self, key: str, rate: Rate) -> Decision | None:
@@ -79,9 +79,8 @@ class Counter:
     def _incr(self, key: str, window: int) -> int:
         if settings.REDIS_URL:
             if self._script is None:
-                self._redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
-                self._script = self._redis.register_script(INCR_SCRIPT)
-            return int(self._script(keys=[key], args=[window + 1]))
+                self._script = Script(settings.REDIS_URL, INCR_SCRIPT, timeout=0.5)
+            return int(self._script([key], [window + 1]))
         cache.add(key, 0, timeout=window + 1)
         return cache.incr(key)
 

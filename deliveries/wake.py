@@ -5,14 +5,13 @@ is blocked on (the fast path, no task needed), and it queues a drain task unless
 queued (``SET NX``, cleared when a drain starts, so none is lost). Without Redis it queues a task.
 """
 
-import hashlib
 import logging
 import os
-import threading
 
 import redis
 from django.conf import settings
-from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
+
+from config.redis_script import Script
 
 logger = logging.getLogger("hookrelay.deliveries")
 WAKE_KEY = "hookrelay:wake"
@@ -27,49 +26,15 @@ return redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
 """
 
 
-class Ringer:
-    """The ring on a connection of its own, packed once: every publish sends the same bytes.
-
-    redis-py packs the command, takes a connection from its pool and runs its retry machinery on every
-    call: a quarter of ``publish()``'s CPU (issue 6). This writes the packed EVALSHA and reads the one
-    reply. A script Redis has forgotten (a restart, ``SCRIPT FLUSH``) is loaded and the ring sent again;
-    a broken connection is reopened once.
-    """
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-        self.connection = client.connection
-        self.lock = threading.Lock()  # publishing threads of one process share the connection
-        sha = hashlib.sha1(RING_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
-        self.packed = self.connection.pack_command("EVALSHA", sha, 2, WAKE_KEY, DOORBELL_KEY, WAKE_TTL)
-
-    def __call__(self) -> bool:
-        """Ring; True if no wake-up was queued yet (the caller queues a drain task)."""
-        with self.lock:
-            try:
-                return self._send()
-            except NoScriptError:
-                self.client.script_load(RING_SCRIPT)
-            except (ConnectionError, TimeoutError):
-                self.connection.disconnect()
-            return self._send()
-
-    def _send(self) -> bool:
-        self.connection.send_packed_command(self.packed, check_health=False)
-        return self.connection.read_response() is not None
-
-
 class _Redis:
     """One client per process, made after fork; its read timeout outlasts the longest wait for a ring."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=2)
-        self.ring = Ringer(
-            redis.Redis.from_url(
-                settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=2, single_connection_client=True
-            )
-        )
+        # The same call on every publish: packed once (issue 6).
+        self.ring = Script(settings.REDIS_URL, RING_SCRIPT, timeout=2)
+        self.ring_call = self.ring.pack([WAKE_KEY, DOORBELL_KEY], [WAKE_TTL])
 
 
 _redis: _Redis | None = None
@@ -89,7 +54,7 @@ def wake() -> None:
     try:
         if settings.REDIS_URL:
             r = _client()
-            if not r.ring():
+            if r.ring.run(r.ring_call) is None:  # a wake-up is queued already
                 return
         drain.delay()
     except Exception:  # the sweeper will find the rows; never fail a committed publish over a wake-up

@@ -94,17 +94,3 @@ def test_a_wake_up_still_rings_after_redis_forgot_its_scripts(flush_redis) -> No
     wake.wake()
 
     assert wake.wait_for_ring(1) is True
-
-
-def test_a_wake_up_still_rings_after_its_connection_was_dropped(flush_redis) -> None:
-    import redis
-    from django.conf import settings
-
-    wake.wake()
-    assert wake.wait_for_ring(1) is True
-    ring_id = wake._client().ring.client.client_id()  # the ringer's own connection
-    assert redis.Redis.from_url(settings.REDIS_URL).client_kill_filter(_id=ring_id) == 1
-
-    wake.wake()
-
-    assert wake.wait_for_ring(1) is True
