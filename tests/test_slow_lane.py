@@ -7,6 +7,7 @@ things happen rather than by how long they take.
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -92,6 +93,35 @@ def test_a_slow_subscription_gets_only_its_share_of_threads(
     # Two fresh sends reveal it as slow; from then on it never has more than its slow-lane share.
     assert slow_peer.most_in_flight <= worker.SLOW_PER_SUBSCRIPTION
     assert Attempt.objects.filter(delivery__subscription=subscription, success=True).count() == 12
+
+
+def test_a_full_lane_gives_its_next_thread_to_an_endpoint_slow_once_not_to_a_dead_one(
+    settings, allow_loopback, receiver: Receiver, subscribe: Callable[..., Subscription]
+) -> None:
+    # Twenty dead endpoints fill the lane. A healthy one that answered slowly once (a pause of this
+    # process, say) must get the next free thread: its fast answer then takes it out of the lane. In the
+    # lane's set order it waited behind the dead ones, and lost a quarter of its throughput (isolation).
+    settings.WEBHOOK_SEND_CONCURRENCY = 2
+    settings.WEBHOOK_SEND_THREADS = 3  # one thread for the lane
+    dead = [subscribe(receiver.url(f"/dead/{n}"), events=["order.dead"]) for n in range(20)]
+    healthy = subscribe(receiver.url("/healthy"), events=["order.created"])
+    publish("order.dead", {"n": 1})
+    publish("order.created", {"n": 2})
+    now = time.monotonic()
+    for subscription in dead:
+        worker._slowness.saw(subscription.id, 10.0, now)  # timed out
+    worker._slowness.saw(healthy.id, 0.3, now)  # slow once
+
+    drain = worker.Drain(5)
+    drain.lane = {subscription.id for subscription in [*dead, healthy]}
+    with worker.index_scans_only():
+        started = drain.top_up_slow_lane(Counter(), slow_room=1, now=now)
+        lane = [job.subscription_id for job in drain.running]
+        drain._run()
+
+    assert started == 1
+    assert lane == [healthy.id]
+    assert receiver.wait_for(21)
 
 
 def test_a_retry_after_a_timeout_starts_in_the_slow_lane(
