@@ -6,7 +6,7 @@ import threading
 from collections.abc import Sequence
 
 import redis
-from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
+from redis import exceptions
 
 
 class Script:
@@ -44,9 +44,9 @@ class Script:
         with self.lock:
             try:
                 return self._send(packed)
-            except NoScriptError:
+            except exceptions.NoScriptError:
                 self.client.script_load(self.source)
-            except (ConnectionError, TimeoutError):
+            except (exceptions.ConnectionError, exceptions.TimeoutError):
                 self.connection.disconnect()
             return self._send(packed)
 

@@ -40,9 +40,9 @@ def plainly_valid_event(body: object) -> dict | None:
     validated = {"type": event_type, "data": data}
     if "tenant" in body:
         tenant = body["tenant"]
-        if tenant is not None and (type(tenant) is not str or not tenant.strip() or tenant != tenant.strip()):
-            return None
-        if tenant is not None and has_unstorable_text(tenant):
+        if tenant is not None and (
+            type(tenant) is not str or not tenant or tenant != tenant.strip() or has_unstorable_text(tenant)
+        ):
             return None
         validated["tenant"] = tenant
     return validated
