@@ -166,10 +166,21 @@ class Connection:
         sock = self.sock
         sock.settimeout(_left(deadline))
         sock.sendall(request)
-        answer = Answer(sock, deadline)
-        status = answer.read_head()
-        excerpt = answer.read_excerpt()
-        return status, excerpt, answer.complete and not answer.will_close and not answer.buffer
+        answer = Answer()
+        while True:
+            try:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError("the attempt's deadline passed")
+                sock.settimeout(_left(deadline))
+                data = sock.recv(READ_SIZE)
+            except EXCHANGE_ERRORS:
+                if answer.status is None:
+                    raise
+                answer.broke_off()
+                break
+            if answer.feed(data):
+                break
+        return answer.status, answer.excerpt, answer.reusable
 
 
 class ConnectionPool:
@@ -383,29 +394,78 @@ def _left(deadline: float) -> float:
 
 
 class Answer:
-    """An HTTP/1.1 answer read off a socket: the status, the framing, and up to 4 KiB of the body.
+    """An HTTP/1.1 answer parsed from its bytes as they arrive: the status, the framing, and up to 4 KiB of the
+    body. ``feed`` it what each read returned (``b""`` at the end of the stream) until it returns True.
 
-    The status line decides the outcome (CONTRACT.md section 4): a body that breaks off or fails to
-    decompress after a 2xx is only a lost excerpt, not a failed attempt.
+    It does no I/O of its own, so a send thread blocking on its socket and a drain multiplexing many sockets
+    (``Exchanges``) read answers the same way. The status line decides the outcome (CONTRACT.md section 4):
+    a body that breaks off or fails to decompress after a 2xx is only a lost excerpt, not a failed attempt.
     """
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock = sock
-        self.deadline = deadline
+    def __init__(self) -> None:
         self.buffer = b""
+        self.status: int | None = None  # the final status, once its head is read
         self.will_close = False
         self.complete = False  # the body was read to its end
+        self.done = False
         self.chunked = False
         self.length: int | None = None  # of the body; None with chunks, or up to the close
-        self.encoding = ""
+        self.decoder = None
+        self.data = b""  # the body excerpt, decoded
+        self.taken = 0  # body bytes read, still encoded
+        self.chunk_left: int | None = None  # chunked: bytes left of the current chunk; None before its size line
+        self.trailer = False  # chunked: past the last chunk, reading trailer fields up to the blank line
 
-    def read_head(self) -> int:
-        while True:
-            status, version, fields = _parse_head(self._head())
-            if not (100 <= status < 200 and status != 101):
-                break  # 100 Continue, 103 Early Hints: the final answer follows
+    @property
+    def reusable(self) -> bool:
+        """Whether the connection may carry another request: the answer read to its end, nothing after it,
+        and no "close"."""
+        return self.complete and not self.will_close and not self.buffer
+
+    @property
+    def excerpt(self) -> str:
+        # PostgreSQL text cannot hold NUL.
+        return self.data[:MAX_RESPONSE_BYTES].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+    def feed(self, data: bytes) -> bool:
+        """Take the next bytes read; True once the answer is read as far as it will be. Raises (an
+        ``http.client.HTTPException``) for an answer that breaks off or is not HTTP before its status."""
+        self.buffer += data
+        end = not data
+        if self.status is None and not self._read_head(end):
+            return False
+        try:
+            self.done = self._read_body(end)
+        except (http.client.HTTPException, ValueError, zlib.error):
+            self.done, self.complete = True, False
+        return self.done
+
+    def broke_off(self) -> None:
+        """Reading failed after the head (a reset, the deadline): the status stands, the excerpt is what came."""
+        self.done, self.complete = True, False
+
+    def _read_head(self, end: bool) -> bool:
+        while self.status is None:
+            found = HEAD_END.search(self.buffer)
+            if found:
+                head, self.buffer = self.buffer[: found.start()], self.buffer[found.end() :]
+            elif len(self.buffer) > MAX_HEAD:
+                raise http.client.LineTooLong("header section")
+            elif not end:
+                return False
+            elif b"\n" in self.buffer:  # the peer closed after the headers, without the blank line
+                head, self.buffer = self.buffer, b""
+            else:
+                raise http.client.RemoteDisconnected("closed before a complete answer")
+            status, version, fields = _parse_head(head)
+            if not (100 <= status < 200 and status != 101):  # 100 Continue, 103 Early Hints: the final answer follows
+                self._frame(status, version, fields)
+        return True
+
+    def _frame(self, status: int, version: bytes, fields: list[tuple[bytes, bytes]]) -> None:
         lengths = set()
         connection = b""
+        encoding = ""
         for name, value in fields:
             if name == b"content-length":
                 lengths.add(value)
@@ -414,7 +474,7 @@ class Answer:
             elif name == b"connection":
                 connection = value.lower()
             elif name == b"content-encoding":
-                self.encoding = value.decode("latin-1")
+                encoding = value.decode("latin-1")
         self.will_close = b"close" in connection or (version == b"HTTP/1.0" and b"keep-alive" not in connection)
         if status in (204, 304) or status < 200:
             self.length, self.chunked = 0, False
@@ -424,91 +484,75 @@ class Answer:
                 self.length = int(length)
             else:  # no length, or lengths that disagree: the body ends at the close
                 self.will_close = True
-        return status
+        self.decoder = _decoder(encoding)
+        self.status = status
 
-    def read_excerpt(self) -> str:
-        data = b""
-        decoder = _decoder(self.encoding)
-        taken = 0
-        try:
-            for piece in self._body():
-                taken += len(piece)
-                data += decoder.decompress(piece, MAX_RESPONSE_BYTES - len(data)) if decoder else piece
-                if len(data) >= MAX_RESPONSE_BYTES or taken >= MAX_COMPRESSED_BYTES:
-                    break
-        except (*EXCHANGE_ERRORS, zlib.error):
-            self.complete = False
-        # PostgreSQL text cannot hold NUL.
-        return data[:MAX_RESPONSE_BYTES].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-
-    def _body(self) -> Iterator[bytes]:
-        """The body's bytes as they come (still encoded); ``complete`` is set before the last piece."""
+    def _read_body(self, end: bool) -> bool:
+        """Consume what the buffer holds of the body; True when the answer is done."""
         if self.chunked:
-            yield from self._chunks()
-        elif self.length is None:
-            while self.buffer or self._fill():
-                piece, self.buffer = self.buffer, b""
-                yield piece
-        else:
-            yield from self._exactly(self.length, last=True)
+            return self._read_chunks(end)
+        if self.length is None:  # up to the close
+            piece, self.buffer = self.buffer, b""
+            return self._keep(piece) or end
+        left = self.length - self.taken
+        piece, self.buffer = self.buffer[:left], self.buffer[left:]
+        self.complete = len(piece) == left
+        if self._keep(piece) or self.complete:
+            return True
+        if end:
+            raise http.client.IncompleteRead(b"", left - len(piece))
+        return False
 
-    def _chunks(self) -> Iterator[bytes]:
+    def _read_chunks(self, end: bool) -> bool:
         while True:
-            size = int(self._line().split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                while self._line():  # trailer fields, up to the blank line
-                    pass
-                self.complete = True
-                return
-            yield from self._exactly(size, last=False)
-            if self._line():
-                raise http.client.IncompleteRead(b"", size)  # no line end after the chunk's data
-
-    def _exactly(self, size: int, last: bool) -> Iterator[bytes]:
-        left = size
-        if not left:
-            self.complete = last
-        while left:
-            if not self.buffer and not self._fill():
-                raise http.client.IncompleteRead(b"", left)
-            piece, self.buffer = self.buffer[:left], self.buffer[left:]
-            left -= len(piece)
-            self.complete = last and not left
-            yield piece
-
-    def _head(self) -> bytes:
-        while True:
-            end = HEAD_END.search(self.buffer)
-            if end:
-                head, self.buffer = self.buffer[: end.start()], self.buffer[end.end() :]
-                return head
-            if len(self.buffer) > MAX_HEAD:
-                raise http.client.LineTooLong("header section")
-            if not self._fill():
-                if b"\n" in self.buffer:  # the peer closed after the headers, without the blank line
-                    head, self.buffer = self.buffer, b""
-                    return head
-                raise http.client.RemoteDisconnected("closed before a complete answer")
-
-    def _line(self) -> bytes:
-        while True:
-            end = self.buffer.find(b"\n")
-            if end >= 0:
-                line, self.buffer = self.buffer[:end], self.buffer[end + 1 :]
-                return line.rstrip(b"\r")
-            if len(self.buffer) > MAX_LINE:
-                raise http.client.LineTooLong("chunk size")
-            if not self._fill():
+            if self.trailer or self.chunk_left is None:  # a size line, or a trailer field up to the blank line
+                line = self._line(end)
+                if line is None:
+                    return False
+                if self.trailer:
+                    if not line:
+                        self.complete = True
+                        return True
+                    continue
+                self.chunk_left = int(line.split(b";", 1)[0].strip(), 16)
+                self.trailer = self.chunk_left == 0
+                continue
+            if self.chunk_left > 0:
+                piece, self.buffer = self.buffer[: self.chunk_left], self.buffer[self.chunk_left :]
+                self.chunk_left -= len(piece)
+                if self._keep(piece):
+                    return True
+                if self.chunk_left:
+                    if end:
+                        raise http.client.IncompleteRead(b"", self.chunk_left)
+                    return False
+            line = self._line(end)  # the line end after the chunk's data
+            if line is None:
+                return False
+            if line:
                 raise http.client.IncompleteRead(b"")
+            self.chunk_left = None
 
-    def _fill(self) -> bool:
-        """One more read into the buffer; False at the end of the stream."""
-        if time.monotonic() >= self.deadline:
-            raise TimeoutError("the attempt's deadline passed")
-        self.sock.settimeout(_left(self.deadline))
-        data = self.sock.recv(READ_SIZE)
-        self.buffer += data
-        return bool(data)
+    def _line(self, end: bool) -> bytes | None:
+        """The next line, without its line end; None until it has arrived."""
+        found = self.buffer.find(b"\n")
+        if found >= 0:
+            line, self.buffer = self.buffer[:found], self.buffer[found + 1 :]
+            return line.rstrip(b"\r")
+        if len(self.buffer) > MAX_LINE:
+            raise http.client.LineTooLong("chunk size")
+        if end:
+            raise http.client.IncompleteRead(b"")
+        return None
+
+    def _keep(self, piece: bytes) -> bool:
+        """Add a piece of the body to the excerpt; True once the excerpt is full (the rest is not read)."""
+        if not piece:
+            return False
+        self.taken += len(piece)
+        decoder = self.decoder
+        self.data += decoder.decompress(piece, MAX_RESPONSE_BYTES - len(self.data)) if decoder else piece
+        return len(self.data) >= MAX_RESPONSE_BYTES or self.taken >= MAX_COMPRESSED_BYTES
 
 
 def _parse_head(head: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
