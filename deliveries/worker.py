@@ -392,10 +392,14 @@ class Drain:
         self.more_due = True
         self.handled = 0  # rows sent and recorded, or settled without a send; not rows given back
         self.bodies: dict[str, bytes] = {}
+        self.exchanges = sender.Exchanges()  # sends on open connections, in this thread
 
     def run(self) -> int:
-        with index_scans_only():
-            return self._run()
+        try:
+            with index_scans_only():
+                return self._run()
+        finally:
+            self.exchanges.close()
 
     def _run(self) -> int:
         try:
@@ -537,26 +541,37 @@ class Drain:
         return active
 
     def start(self, job: Job, now: float, slow: bool) -> None:
+        """Send on an open connection in this thread if one is idle, else on a send thread (which connects)."""
         job.slow = slow
         self.running.append(job)
-        _pool().submit(lambda: self.send(job), lambda: self.done.put(job))
+        message = message_for(job, self.bodies)
+        if self.exchanges.start(job, message):
+            job.started_at = time.monotonic()
+            return
+        _pool().submit(lambda: self.send(job, message), lambda: self.sent(job))
 
-    def send(self, job: Job) -> None:
+    def send(self, job: Job, message: Message) -> None:
         job.started_at = time.monotonic()  # here, not at submit: a send waiting for a thread is not slow
-        job.result = sender.send(message_for(job, self.bodies))
+        job.result = sender.send(message)
         job.took = time.monotonic() - job.started_at
 
+    def sent(self, job: Job) -> None:
+        """In the send thread, after its send."""
+        self.done.put(job)
+        self.exchanges.wake()
+
     def collect(self, timeout: float) -> None:
-        try:
-            job = self.done.get(timeout=timeout)
-        except Empty:
-            return
-        while True:
+        """Wait up to ``timeout`` for sends to end, here or on the threads; take every one that has."""
+        for job, result in self.exchanges.wait(timeout):
+            job.result = result
+            job.took = time.monotonic() - job.started_at
             self.finish(job)
+        while True:
             try:
                 job = self.done.get_nowait()
             except Empty:
                 return
+            self.finish(job)
 
     def finish(self, job: Job) -> None:
         self.running.remove(job)
