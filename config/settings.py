@@ -168,6 +168,8 @@ WEBHOOK_PREPARED_STATEMENTS = env_bool("WEBHOOK_PREPARED_STATEMENTS", True)
 WEBHOOK_SEND_CONCURRENCY = env_int("WEBHOOK_SEND_CONCURRENCY", 8)
 WEBHOOK_SEND_THREADS = max(WEBHOOK_SEND_CONCURRENCY, env_int("WEBHOOK_SEND_THREADS", 64))
 WEBHOOK_LEASE_MARGIN = env_int("WEBHOOK_LEASE_MARGIN", 30)
+# True: a drain's commits wait for the disk too; a PostgreSQL crash then loses no attempt record (deliveries/worker.py).
+WEBHOOK_WORKER_SYNCHRONOUS_COMMIT = env_bool("WEBHOOK_WORKER_SYNCHRONOUS_COMMIT", False)
 WEBHOOK_EVENT_TYPES: dict[str, str] = {}
 WEBHOOK_MODEL_EVENTS = {
     "auth.User": {"created": "user.created", "updated": "user.updated", "deleted": "user.deleted"},

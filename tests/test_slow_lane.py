@@ -114,7 +114,7 @@ def test_a_full_lane_gives_its_next_thread_to_an_endpoint_slow_once_not_to_a_dea
 
     drain = worker.Drain(5)
     drain.lane = {subscription.id for subscription in [*dead, healthy]}
-    with worker.index_scans_only():
+    with worker.drain_session():
         started = drain.top_up_slow_lane(Counter(), slow_room=1, now=now)
         lane = [job.subscription_id for job in drain.running]
         drain._run()
@@ -136,7 +136,7 @@ def test_a_retry_after_a_timeout_starts_in_the_slow_lane(
     fresh = Delivery.objects.get(event=publish("order.created", {"n": 2}))
 
     drain = worker.Drain(5)
-    with worker.index_scans_only():
+    with worker.drain_session():
         drain.start_sends()
         lanes = {job.delivery.pk: job.slow for job in drain.running}
         drain._run()

@@ -11,11 +11,12 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.db import connection
 from django.utils import timezone
 
 from deliveries import actions, signals
 from deliveries.models import Attempt, Delivery, Status
-from deliveries.worker import claim, deliver_batch, drain
+from deliveries.worker import claim, deliver_batch, drain, drain_session
 from subscriptions.models import Subscription
 from tests.conftest import reply_sequence
 from tests.receiver import Receiver, Reply
@@ -576,3 +577,28 @@ def test_without_allowing_private_networks_a_loopback_endpoint_is_blocked_before
     assert receiver.requests == []
     delivery.refresh_from_db()
     assert delivery.status == Status.PENDING
+
+
+# --- The drain's session ---
+
+
+def show(name: str) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SHOW {name}")  # a constant name: SHOW takes no parameters
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["default", "worker-synchronous-commit"])
+def test_a_drains_commits_skip_the_disk_flush_unless_configured_and_its_settings_end_with_it(
+    settings, durable: bool
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("session settings are PostgreSQL's")
+    settings.WEBHOOK_WORKER_SYNCHRONOUS_COMMIT = durable
+    before = {name: show(name) for name in ("synchronous_commit", "enable_seqscan", "enable_bitmapscan")}
+
+    with drain_session():
+        assert show("synchronous_commit") == (before["synchronous_commit"] if durable else "off")
+        assert (show("enable_seqscan"), show("enable_bitmapscan")) == ("off", "off")
+
+    assert {name: show(name) for name in before} == before
