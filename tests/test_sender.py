@@ -465,19 +465,20 @@ def read_request(conn: socket.socket) -> bytes:
     return head
 
 
+def trickle(conn: socket.socket) -> None:
+    """A raw peer's handler: reads a request, then answers a byte every 0.1 s for ten seconds."""
+    read_request(conn)
+    try:
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 100:
+            conn.sendall(bytes([byte]))
+            time.sleep(0.1)
+    except OSError:
+        pass
+
+
 def test_a_peer_trickling_its_answer_is_cut_off_at_the_timeout(allow_loopback, settings) -> None:
     # Each byte comes well within a socket timeout, so only the attempt's deadline can end this send.
     settings.WEBHOOK_TIMEOUT = 1
-
-    def trickle(conn: socket.socket) -> None:
-        read_request(conn)
-        try:
-            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 100:
-                conn.sendall(bytes([byte]))
-                time.sleep(0.1)
-        except OSError:
-            pass
-
     port, thread = serve_raw(trickle)
     start = time.monotonic()
     result = sender.send(message(f"http://127.0.0.1:{port}/hook"))
