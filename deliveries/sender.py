@@ -473,6 +473,7 @@ class Exchanges:
 
     def _progress(self, flight: "_Flight", events: int) -> None:
         sock = flight.conn.sock
+        flight.read_wants_write = False
         try:
             if flight.out:
                 self._write(flight)
@@ -483,8 +484,10 @@ class Exchanges:
                     return
                 if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                     break
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except (BlockingIOError, ssl.SSLWantReadError):
             pass
+        except ssl.SSLWantWriteError:  # TLS must send before it can read on (a key update, say)
+            flight.read_wants_write = True
         except EXCHANGE_ERRORS as exc:
             self._end(flight, exc)
             return
@@ -523,7 +526,7 @@ class Exchanges:
 class _Flight:
     """One send in progress on an ``Exchanges`` selector."""
 
-    __slots__ = ("key", "conn", "target", "out", "started_at", "start", "deadline", "answer")
+    __slots__ = ("key", "conn", "target", "out", "started_at", "start", "deadline", "answer", "read_wants_write")
 
     def __init__(
         self, key: object, conn: Connection, target: Target, out: memoryview, started_at: datetime, start: float
@@ -532,10 +535,13 @@ class _Flight:
         self.started_at, self.start = started_at, start
         self.deadline = start
         self.answer = Answer()
+        self.read_wants_write = False
 
 
 def _events(flight: _Flight) -> int:
-    return selectors.EVENT_READ | selectors.EVENT_WRITE if flight.out else selectors.EVENT_READ
+    """Readable, always; writable too while the request is not all written or TLS wants to write."""
+    writing = flight.out or flight.read_wants_write
+    return selectors.EVENT_READ | selectors.EVENT_WRITE if writing else selectors.EVENT_READ
 
 
 def request_for(message: Message, target: Target, timestamp: int) -> bytes:
