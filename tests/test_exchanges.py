@@ -9,7 +9,6 @@ Every peer is a real server on 127.0.0.1.
 import gzip
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,17 @@ from deliveries.models import Delivery, Status
 from deliveries.sender import Result
 from subscriptions.models import Subscription
 from tests.receiver import Receiver, Reply
-from tests.test_sender import SECRET, answer_each, lower, message, read_request, serve_raw, spec_signature, trickle
+from tests.test_sender import (
+    SECRET,
+    answer_each,
+    behind_tls,
+    lower,
+    message,
+    read_request,
+    serve_raw,
+    spec_signature,
+    trickle,
+)
 from tests.test_slow_lane import SlowPeer
 from webhooks import publish
 
@@ -240,19 +249,9 @@ def test_wake_ends_a_wait_from_another_thread() -> None:
 @pytest.fixture
 def trusted_tls_receiver(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
     """The receiver behind TLS, its self-signed certificate trusted by the sender for this test."""
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
-        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
     # Several TLS records for a body of "many", one for the others.
     server = Receiver(lambda request: Reply(body=b"x" * (100_000 if request.body == b"many" else 4000)))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    server.server.socket = context.wrap_socket(server.server.socket, server_side=True)
-    trusting = ssl.create_default_context(cafile=str(cert))
+    trusting = ssl.create_default_context(cafile=str(behind_tls(server, tmp_path)))
     monkeypatch.setattr(sender, "tls_context", lambda: trusting)
     server.start()
     yield server

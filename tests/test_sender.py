@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -596,20 +597,26 @@ def test_a_header_value_with_a_line_break_is_refused_before_anything_is_sent(
     assert "x-injected" not in lower(got.headers)
 
 
-@pytest.fixture
-def tls_receiver(tmp_path) -> Iterator[Receiver]:
-    """The receiver behind TLS with a self-signed certificate for 127.0.0.1, which no CA vouches for."""
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+def behind_tls(server: Receiver, folder: Path) -> Path:
+    """Put ``server`` behind TLS with a new self-signed certificate for 127.0.0.1; returns the certificate."""
+    key, cert = folder / "key.pem", folder / "cert.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
         + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
         check=True,
         capture_output=True,
     )
-    server = Receiver()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     server.server.socket = context.wrap_socket(server.server.socket, server_side=True)
+    return cert
+
+
+@pytest.fixture
+def tls_receiver(tmp_path) -> Iterator[Receiver]:
+    """The receiver behind TLS with a self-signed certificate for 127.0.0.1, which no CA vouches for."""
+    server = Receiver()
+    behind_tls(server, tmp_path)
     server.start()
     yield server
     server.stop()
