@@ -381,7 +381,9 @@ def deliver_batch(limit: int | None = None) -> int:
 class Drain:
     """One drain: up to ``WEBHOOK_SEND_CONCURRENCY`` fresh sends at a time, recorded in batches as they end.
 
-    The main thread claims and records; send threads only talk HTTP. A send still running after
+    The drain's thread claims, records, and sends on connections already open (``sender.Exchanges``,
+    many at once on one selector); a send that must open a connection goes to a send thread, which
+    only talks HTTP. A send still running after
     ``Slowness.threshold()`` (at most ``SLOW_AFTER``) gives its fresh slot to the next row, and its
     subscription goes to the slow lane: at most ``SLOW_PER_SUBSCRIPTION`` sends in flight there, and
     no new rows claimed for it while that many are. So one dead endpoint costs threads, never the
