@@ -412,19 +412,21 @@ class Exchanges:
         self.flights: set[_Flight] = set()
         self.ended: list[tuple[object, Result]] = []
 
-    def __len__(self) -> int:
-        return len(self.flights)
-
     def start(self, key: object, message: Message) -> bool:
         """Send ``message`` if an open connection to its host is idle; ``wait`` returns ``key`` with the
         result. False if not started: the caller sends it on a thread."""
+        pool = _per_process().pool
         try:
             target = target_of(message.url)
-            request = request_for(message, target, int(time.time()))
         except ValueError:  # the blocking path reports it
             return False
-        conn = _per_process().pool.take_idle(target)
+        conn = pool.take_idle(target)
         if conn is None:
+            return False
+        try:
+            request = request_for(message, target, int(time.time()))
+        except ValueError:  # a header with a line break: the blocking path reports it
+            pool.give_back(target, conn)
             return False
         start = time.monotonic()
         flight = _Flight(key, conn, target, memoryview(request), timezone.now(), start)

@@ -6,6 +6,7 @@ the same answer from a twin peer: one parser, the same outcome, the same decisio
 Every peer is a real server on 127.0.0.1.
 """
 
+import dataclasses
 import gzip
 import socket
 import ssl
@@ -144,6 +145,18 @@ def test_without_an_open_connection_it_sends_nothing_and_says_so(allow_loopback,
     assert multiplexed(message(receiver.url())) is None
     time.sleep(0.1)
     assert receiver.requests == []
+
+
+def test_a_request_it_cannot_write_is_left_to_the_blocking_path_and_the_connection_kept(
+    allow_loopback, receiver: Receiver
+) -> None:
+    assert sender.send(message(receiver.url())).success
+    smuggling = dataclasses.replace(message(receiver.url()), correlation_id="req-1\r\nX-Injected: yes")
+
+    assert multiplexed(smuggling) is None
+    assert sender.pool().idle_count() == 1
+    assert outcome(sender.send(smuggling)) == (None, "connection error: ValueError", "")
+    assert len(receiver.requests) == 1
 
 
 def test_a_connection_the_peer_closed_while_idle_is_not_used(allow_loopback) -> None:
