@@ -429,8 +429,7 @@ class Exchanges:
             pool.give_back(target, conn)
             return False
         start = time.monotonic()
-        flight = _Flight(key, conn, target, memoryview(request), timezone.now(), start)
-        flight.deadline = start + settings.WEBHOOK_TIMEOUT
+        flight = _Flight(key, conn, target, memoryview(request), timezone.now(), start, settings.WEBHOOK_TIMEOUT)
         self.flights.add(flight)
         try:
             conn.sock.setblocking(False)
@@ -452,12 +451,12 @@ class Exchanges:
             timeout = 0
         elif self.flights:
             timeout = min(timeout, min(flight.deadline for flight in self.flights) - time.monotonic())
-        for ready, events in self.selector.select(max(0.0, timeout)):
+        for ready, _events in self.selector.select(max(0.0, timeout)):
             if ready.data is None:
                 with suppress(OSError):
                     self._bell.recv(4096)
             else:
-                self._progress(ready.data, events)
+                self._progress(ready.data)
         now = time.monotonic()
         for flight in [flight for flight in self.flights if flight.deadline <= now]:
             self._end(flight, TimeoutError("the attempt's deadline passed"))
@@ -473,7 +472,8 @@ class Exchanges:
         self._bell.close()
         self._ringer.close()
 
-    def _progress(self, flight: "_Flight", events: int) -> None:
+    def _progress(self, flight: "_Flight") -> None:
+        """Write what is left of the request, read what has come of the answer; whichever is ready."""
         sock = flight.conn.sock
         flight.read_wants_write = False
         try:
@@ -531,11 +531,17 @@ class _Flight:
     __slots__ = ("key", "conn", "target", "out", "started_at", "start", "deadline", "answer", "read_wants_write")
 
     def __init__(
-        self, key: object, conn: Connection, target: Target, out: memoryview, started_at: datetime, start: float
+        self,
+        key: object,
+        conn: Connection,
+        target: Target,
+        out: memoryview,
+        started_at: datetime,
+        start: float,
+        timeout: float,
     ) -> None:
         self.key, self.conn, self.target, self.out = key, conn, target, out
-        self.started_at, self.start = started_at, start
-        self.deadline = start
+        self.started_at, self.start, self.deadline = started_at, start, start + timeout
         self.answer = Answer()
         self.read_wants_write = False
 
