@@ -186,16 +186,26 @@ def test_a_long_answer_is_capped_and_its_connection_closed(allow_loopback) -> No
     assert sender.pool().idle_count() == 0  # the rest of the answer was never read: the connection is done
 
 
-def test_a_peer_slower_than_the_timeout_is_a_timeout(allow_loopback, settings) -> None:
-    settings.WEBHOOK_TIMEOUT = 1
+def after_one_answer(handler: Callable[[socket.socket], None]) -> Callable[[socket.socket], None]:
+    """A raw peer's handler: answers the first request OK (the connection the next send reuses), then
+    ``handler`` takes the connection."""
 
-    def answer_then_stall(conn: socket.socket) -> None:
+    def answer(conn: socket.socket) -> None:
         read_request(conn)
         conn.sendall(OK)
-        read_request(conn)
-        time.sleep(2.5)
+        handler(conn)
 
-    port, thread = serve_raw(answer_then_stall)
+    return answer
+
+
+def stall(conn: socket.socket) -> None:
+    read_request(conn)
+    time.sleep(2.5)
+
+
+def test_a_peer_slower_than_the_timeout_is_a_timeout(allow_loopback, settings) -> None:
+    settings.WEBHOOK_TIMEOUT = 1
+    port, thread = serve_raw(after_one_answer(stall))
     assert sender.send(message(f"http://127.0.0.1:{port}/hook")).success
     result = multiplexed(message(f"http://127.0.0.1:{port}/hook"))
     thread.join(timeout=5)
@@ -208,12 +218,7 @@ def test_a_peer_slower_than_the_timeout_is_a_timeout(allow_loopback, settings) -
 def test_a_peer_trickling_its_answer_is_cut_off_at_the_timeout(allow_loopback, settings) -> None:
     settings.WEBHOOK_TIMEOUT = 1
 
-    def answer_then_trickle(conn: socket.socket) -> None:
-        read_request(conn)
-        conn.sendall(OK)
-        trickle(conn)
-
-    port, thread = serve_raw(answer_then_trickle)
+    port, thread = serve_raw(after_one_answer(trickle))
     assert sender.send(message(f"http://127.0.0.1:{port}/hook")).success
     result = multiplexed(message(f"http://127.0.0.1:{port}/hook"))
     thread.join(timeout=15)
