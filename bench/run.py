@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency", type=int, default=None, help="worker processes (default: the app's, two per core)"
     )
-    parser.add_argument("--profile", action="store_true", help="after the runs, one more drain under py-spy")
+    parser.add_argument("--profile", action="store_true", help="after the runs, one more drain, end to end and ingest under py-spy")
     parser.add_argument("--drop-database", action="store_true", help="drop the benchmark database at the end")
     parser.add_argument("--keep-logs", action="store_true", help="keep the work folder with every process log")
     args = parser.parse_args(argv)
@@ -288,21 +288,22 @@ def main(argv: list[str] | None = None) -> int:
                 ctx.say(f"{name}: PROBLEM not every event was delivered within the time limit")
         if args.profile:
             report["profile"] = {}
-            for target in ("drain", "ingest"):
+            for target in ("drain", "end_to_end", "ingest"):
                 ctx.say(f"profile: one more {target} run under py-spy")
                 outcome = scenarios.profiled(ctx, target)
-                folded = Path(outcome.details.get("profile") or "")
-                if not folded.is_file():
-                    ctx.say(f"profile: py-spy wrote nothing for {target}")
-                    continue
-                summary = summarise_profile(folded, target)
-                RESULTS.mkdir(parents=True, exist_ok=True)
-                (RESULTS / f"profile-{target}.txt").write_text(summary)
-                report["profile"][target] = {
-                    "metrics": outcome.metrics,
-                    "summary": f"bench/results/profile-{target}.txt",
-                }
-                print(summary)
+                profiles = outcome.details.get("profiles") or {}
+                for name, folded in profiles.items():
+                    if not Path(folded).is_file():
+                        ctx.say(f"profile: py-spy wrote nothing for {name}")
+                        continue
+                    summary = summarise_profile(Path(folded), name)
+                    RESULTS.mkdir(parents=True, exist_ok=True)
+                    (RESULTS / f"profile-{name}.txt").write_text(summary)
+                    report["profile"][name] = {
+                        "metrics": outcome.metrics,
+                        "summary": f"bench/results/profile-{name}.txt",
+                    }
+                    print(summary)
         report["environment"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         report["duration_s"] = round((datetime.now(UTC) - started).total_seconds(), 1)
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -351,7 +351,7 @@ def drain(ctx: Context, profile: bool = False) -> Outcome:
             "worker_cpu_s": round(cpu, 3),
             "postgres_redis_cpu_s": round(others, 3),
             "sink_cpu_s": round(sink_cpu, 3),
-            "profile": str(folded) if folded else None,
+            "profiles": {"drain": str(folded)} if folded else {},
             **arrivals,
         },
     )
@@ -400,9 +400,10 @@ def finish_publishers(publishers: list[subprocess.Popen], timeout: float) -> lis
     return results
 
 
-def end_to_end(ctx: Context) -> Outcome:
+def end_to_end(ctx: Context, profile: bool = False) -> Outcome:
     """N events through publish() by several publisher processes while the workers run: deliveries/s from
-    the first publish to the last recorded success."""
+    the first publish to the last recorded success. With ``profile``, py-spy samples the worker tree and
+    one of the publishers."""
     from webhooks.models import Event
 
     n, p = ctx.sizes.e2e, ctx.sizes.e2e_publishers
@@ -415,10 +416,17 @@ def end_to_end(ctx: Context) -> Outcome:
         counts = [n // p + (1 if i < n % p else 0) for i in range(p)]
         limit = ["--time-limit", str(ctx.sizes.e2e_cap)]
         publishers = start_publishers(ctx, "e2e", [["--count", str(c), "--type", "bench.e2e", *limit] for c in counts])
+        profilers = (
+            {"e2e-worker": Profiler(ctx, worker.process.pid, "e2e-worker")}
+            | {"e2e-publisher": Profiler(ctx, publishers[0].pid, "e2e-publisher")}
+            if profile
+            else {}
+        )
         go(publishers, time.time())
         reached = wait_for_sink(ctx, n, ctx.sizes.e2e_cap)
         published = finish_publishers(publishers, 60)
         stats = wait_for_db(n, 30 if reached else 0, event_type="bench.e2e")
+        profiles = {name: str(profiler.stop()) for name, profiler in profilers.items()}
     finally:
         for publisher in publishers:
             stack.stop_process(publisher)
@@ -444,6 +452,7 @@ def end_to_end(ctx: Context) -> Outcome:
             "elapsed_s": round(last - start, 3),
             "publish_per_s": round(len(created) / published_window, 1) if published_window else None,
             "publishers": published,
+            "profiles": profiles,
             **arrivals,
         },
     )
@@ -724,7 +733,7 @@ def ingest(ctx: Context, profile: bool = False) -> Outcome:
             "gunicorn_workers": 2,
             "gunicorn_cpu_s": round(web_cpu, 3),
             "events_stored": events,
-            "profile": str(folded) if folded else None,
+            "profiles": {"ingest": str(folded)} if folded else {},
         },
     )
 
@@ -813,4 +822,4 @@ RUNNERS = {
 
 def profiled(ctx: Context, name: str) -> Outcome:
     """An extra run under py-spy (not counted in the figures: sampling costs the profiled processes time)."""
-    return {"drain": drain, "ingest": ingest}[name](ctx, profile=True)
+    return {"drain": drain, "end_to_end": end_to_end, "ingest": ingest}[name](ctx, profile=True)
