@@ -11,6 +11,10 @@ measure the whole.
 - ``publish``: ``webhooks.publish()`` of a 1 KiB event to one subscription (one prepared insert, one ring).
 - ``ingest``: ``POST /api/v1/events/`` through ``config.wsgi.application`` in process (no gunicorn),
   with a real token: every middleware, authentication, validation, ``publish()`` and rendering.
+- ``deliver``: one delivery of a drain (``deliveries.worker.drain()``, as a worker runs it): claimed,
+  signed, sent to the benchmark sink (a process of its own, on 127.0.0.1, not counted) over keep-alive,
+  recorded and logged. The backlog (1 KiB events, one subscription) is committed before the measured
+  process starts, so the per-delivery figure is the worker's alone.
 
 It uses a database of its own (``hookrelay_bench_instructions``, recreated) and Redis db 10, on 127.0.0.1.
 ``--plain`` runs the same drivers without valgrind (what CI does: the drivers still work).
@@ -30,10 +34,11 @@ from pathlib import Path
 
 from bench import stack
 
-OPERATIONS = ("publish", "ingest")
+OPERATIONS = ("publish", "ingest", "deliver")
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/hookrelay_bench_instructions"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"
 EVENT_TYPE = "bench.instructions"
+DELIVER_TYPE = "bench.instructions.deliver"
 WARM_UP = 200
 TOTALS = re.compile(rb"^(?:totals|summary):\s+(\d+)", re.MULTILINE)
 
@@ -64,6 +69,15 @@ def drive(operation: str, n: int, token: str) -> None:
             if publish(EVENT_TYPE, data).delivery_count != 1:
                 raise SystemExit("publish() created no delivery")
 
+    elif operation == "deliver":
+        from deliveries.models import Delivery, Status
+        from deliveries.worker import drain
+
+        drain(budget=600)
+        delivered = Delivery.objects.filter(event_type=DELIVER_TYPE, status=Status.SUCCEEDED).count()
+        if delivered != WARM_UP + n or Delivery.objects.filter(event_type=DELIVER_TYPE).count() != delivered:
+            raise SystemExit(f"the drain delivered {delivered} of {WARM_UP + n}")
+        return
     else:
         from config.wsgi import application
 
@@ -108,6 +122,22 @@ def call_wsgi(application, method: str, path: str, body: bytes, headers: dict[st
         getattr(answer, "close", lambda: None)()
 
 
+def backlog(n: int, sink_url: str) -> None:
+    """``deliver``: no other delivery of its type, then ``WARM_UP + n`` due ones to the sink, committed."""
+    import django
+
+    django.setup()
+    from bench.scenarios import create_subscriptions, insert_backlog
+    from deliveries.models import Delivery
+    from subscriptions.models import Subscription
+    from webhooks.models import Event
+
+    Delivery.objects.filter(event_type=DELIVER_TYPE).delete()
+    Event.objects.filter(type=DELIVER_TYPE).delete()
+    Subscription.objects.filter(url=sink_url).delete()
+    insert_backlog(create_subscriptions([sink_url], events=[DELIVER_TYPE]), WARM_UP + n, DELIVER_TYPE)
+
+
 def prepare() -> str:
     """One subscription for the event type and a bearer token of a new API client; prints the token."""
     import django
@@ -135,10 +165,16 @@ def prepare() -> str:
 # --- the orchestrator ---
 
 
-def measure(config: stack.Config, operation: str, n: int, token: str, plain: bool) -> int | None:
+def measure(config: stack.Config, operation: str, n: int, token: str, plain: bool, sink_url: str) -> int | None:
     """Instructions per ``operation`` (None with ``plain``: the drivers only run)."""
     totals = []
     for count in (0, n):
+        if operation == "deliver":
+            filled = [stack.PYTHON, "-m", "bench.instructions", "--driver", "backlog", "--n", str(count)]
+            filled += ["--sink-url", sink_url]
+            result = subprocess.run(filled, cwd=stack.ROOT, env=config.env(), capture_output=True, text=True)
+            if result.returncode != 0:
+                raise stack.StackError(f"backlog for {operation} failed:\n{result.stderr[-3000:]}")
         driver = [stack.PYTHON, "-m", "bench.instructions", "--driver", operation, "--n", str(count)]
         driver += ["--token", token]
         out = config.workdir / f"callgrind-{operation}-{count}.out"
@@ -159,12 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--drop-database", action="store_true", help="drop the database at the end")
-    parser.add_argument("--driver", choices=[*OPERATIONS, "prepare"], help=argparse.SUPPRESS)
+    parser.add_argument("--driver", choices=[*OPERATIONS, "prepare", "backlog"], help=argparse.SUPPRESS)
     parser.add_argument("--token", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--sink-url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.driver == "prepare":
         print(prepare())
+        return 0
+    if args.driver == "backlog":
+        backlog(args.n, args.sink_url)
         return 0
     if args.driver:
         drive(args.driver, args.n, args.token)
@@ -178,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("valgrind is not installed (apt-get install valgrind), or use --plain")
     workdir = Path(tempfile.mkdtemp(prefix="hookrelay-instructions-"))
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    stack.install_signal_handlers()
+    atexit.register(stack.cleanup)  # the sink
     config = stack.Config(args.database_url, args.redis_url, workdir, 1)
     stack.ensure_services(config)
     stack.recreate_database(config)
@@ -193,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         if prepared.returncode != 0:
             raise stack.StackError(f"set-up failed:\n{prepared.stderr[-3000:]}")
         token = prepared.stdout.strip().splitlines()[-1]
+        sink = stack.Sink(config, slow_delay=1.0) if "deliver" in operations else None
         for operation in operations:
-            per_op = measure(config, operation, args.n, token, args.plain)
+            per_op = measure(config, operation, args.n, token, args.plain, sink.url("/deliver") if sink else "")
             shown = "ran (not counted: --plain)" if per_op is None else f"{per_op:,} instructions"
             print(f"{operation:8} {shown} per call, over {args.n} calls", flush=True)
     except stack.StackError as exc:

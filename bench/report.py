@@ -13,7 +13,7 @@ def markdown(report: dict) -> str:
         f"Measured {report['date']} on {machine['cores']} cores ({machine.get('cpu', '?')}), "
         f"{machine['memory_gb']} GB, PostgreSQL {machine.get('postgresql', '?')}, commit "
         f"`{report['commit'][:12]}`{' with local changes' if report.get('commit_dirty') else ''}; "
-        f"median of {report.get('runs_per_scenario', '?')} runs.",
+        f"median of {report.get('runs_per_scenario', '?')} runs.{pace(report)}",
         "",
         "| scenario | figure | median | runs | target | met |",
         "|---|---|---|---|---|---|",
@@ -30,6 +30,15 @@ def markdown(report: dict) -> str:
             f"| {scenario} | `{key}` | {shown} | {' / '.join(_fmt(v) for v in runs)} | {target or '-'} | {met} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def pace(report: dict) -> str:
+    """The machine's reference loop (``bench.run.reference_loop_ms``), where the results file has it."""
+    environment = report.get("environment", {})
+    before, after = environment.get("reference_loop_ms_before"), environment.get("reference_loop_ms_after")
+    if before is None:
+        return ""
+    return f" Reference loop (one core's pace): {before} ms before the runs, {after} ms after."
 
 
 def complete(run: dict, key: str) -> bool:

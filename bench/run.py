@@ -63,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency", type=int, default=None, help="worker processes (default: the app's, two per core)"
     )
-    parser.add_argument("--profile", action="store_true", help="after the runs, one more drain, end to end and ingest under py-spy")
+    parser.add_argument(
+        "--profile", action="store_true", help="after the runs, one more drain, end to end and ingest under py-spy"
+    )
     parser.add_argument("--drop-database", action="store_true", help="drop the benchmark database at the end")
     parser.add_argument("--keep-logs", action="store_true", help="keep the work folder with every process log")
     args = parser.parse_args(argv)
@@ -89,6 +91,22 @@ def machine() -> dict:
         "python": platform.python_version(),
         "postgresql": _server_version(),
     }
+
+
+def reference_loop_ms(repeat: int = 5) -> float:
+    """Milliseconds one core takes for a fixed pure-Python loop (a million additions), median of ``repeat``.
+
+    Not a scenario: a yardstick of the machine's pace at the time, so that figures from two machines, or
+    from one shared machine at two hours, can be told apart from a change in the code.
+    """
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        times.append((time.perf_counter() - began) * 1000)
+    return round(statistics.median(times), 1)
 
 
 def _cpu_model() -> str:
@@ -270,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             "sizes": vars(sizes),
             "environment": {
                 "load_average_before": [round(x, 2) for x in load_before],
+                "reference_loop_ms_before": reference_loop_ms(),
                 "webhook_settings": {k: v for k, v in os.environ.items() if k.startswith("WEBHOOK_")},
                 "worker_concurrency": config.concurrency,
             },
@@ -305,11 +324,16 @@ def main(argv: list[str] | None = None) -> int:
                     }
                     print(summary)
         report["environment"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        report["environment"]["reference_loop_ms_after"] = reference_loop_ms()
         report["duration_s"] = round((datetime.now(UTC) - started).total_seconds(), 1)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
         print()
-        print(f"Machine: {report['machine']['cores']} cores, {report['machine']['memory_gb']} GB; commit {sha[:12]}")
+        pace = [report["environment"][f"reference_loop_ms_{when}"] for when in ("before", "after")]
+        print(
+            f"Machine: {report['machine']['cores']} cores, {report['machine']['memory_gb']} GB; commit {sha[:12]}; "
+            f"reference loop {pace[0]} ms before, {pace[1]} ms after"
+        )
         print(table(report))
         print(f"\nWritten to {args.output}")
         if failed:

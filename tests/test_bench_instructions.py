@@ -1,4 +1,4 @@
-"""The instruction-count benchmark still works: its drivers publish and post for real (``--plain``, no
+"""The instruction-count benchmark still works: its drivers publish, post and deliver for real (``--plain``, no
 valgrind in the test: counting is what valgrind does, the drivers are what could break)."""
 
 import subprocess
@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from bench.instructions import WARM_UP, callgrind_total
+from bench.instructions import DELIVER_TYPE, EVENT_TYPE, WARM_UP, callgrind_total
 from tests.test_bench_quick import ROOT, bench_database_url, bench_redis_url
 
 
@@ -33,12 +33,19 @@ def test_the_drivers_publish_and_post_for_real() -> None:
         result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=540)
 
         assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        assert "publish " in result.stdout and "ingest " in result.stdout
+        assert "publish " in result.stdout and "ingest " in result.stdout and "deliver " in result.stdout
         with psycopg.connect(database_url) as conn:
-            events = conn.execute("SELECT count(*) FROM webhooks_event").fetchone()[0]
+            events = conn.execute("SELECT count(*) FROM webhooks_event WHERE type = %s", [EVENT_TYPE]).fetchone()[0]
             deliveries = conn.execute("SELECT count(*) FROM deliveries_delivery WHERE status = 'pending'").fetchone()[0]
-        # Each operation ran twice (0 and 3 calls after the warm-up), each call one event and one delivery.
+            delivered = conn.execute(
+                "SELECT count(*) FROM deliveries_delivery d JOIN deliveries_attempt a ON a.delivery_id = d.id "
+                "WHERE d.event_type = %s AND d.status = 'succeeded' AND a.status_code = 200",
+                [DELIVER_TYPE],
+            ).fetchone()[0]
+        # publish and ingest ran twice each (0 and 3 calls after the warm-up), each call one event and one
+        # delivery, left pending; deliver's second run (3 after the warm-up) sent every row to the sink.
         assert events == deliveries == 2 * (2 * WARM_UP + 3)
+        assert delivered == WARM_UP + 3
     finally:
         parts = urlsplit(database_url)
         name = parts.path.lstrip("/")

@@ -50,3 +50,7 @@ def test_quick_benchmark_delivers_everything(tmp_path):
     drain = report["runs"]["throughput"]["runs"][0]["drain"]
     assert drain["succeeded"] == drain["deliveries"] and drain["missing"] == 0
     assert report["runs"]["ingest"]["runs"][0]["statuses"] == {"202": report["sizes"]["ingest_max"]}
+    # The machine's pace is measured around the runs, so figures from two machines can be compared.
+    assert report["environment"]["reference_loop_ms_before"] > 0
+    assert report["environment"]["reference_loop_ms_after"] > 0
+    assert "reference loop" in result.stdout
