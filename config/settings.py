@@ -268,7 +268,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {"correlation": {"()": "config.logging.CorrelationIdFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"},
+        "plain": {
+            "class": "config.logging.Formatter",
+            "format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s",
+        },
         "json": {"()": "config.logging.JsonFormatter"},
     },
     "handlers": {

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import certifi
@@ -411,6 +411,7 @@ class Exchanges:
         self.selector.register(self._bell, selectors.EVENT_READ, None)
         self.flights: set[_Flight] = set()
         self.ended: list[tuple[object, Result]] = []
+        self.timeout = settings.WEBHOOK_TIMEOUT  # once: each read of a setting is a lookup through a proxy
 
     def start(self, key: object, message: Message) -> bool:
         """Send ``message`` if an open connection to its host is idle; ``wait`` returns ``key`` with the
@@ -429,7 +430,8 @@ class Exchanges:
             pool.give_back(target, conn)
             return False
         start = time.monotonic()
-        flight = _Flight(key, conn, target, memoryview(request), timezone.now(), start, settings.WEBHOOK_TIMEOUT)
+        # datetime's own now, not timezone.now(), which reads settings.USE_TZ (always on here) every call.
+        flight = _Flight(key, conn, target, memoryview(request), datetime.now(UTC), start, self.timeout)
         self.flights.add(flight)
         try:
             conn.sock.setblocking(False)

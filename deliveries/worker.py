@@ -397,6 +397,7 @@ class Drain:
         self.claims_left = claims
         self.batch = batch or settings.WEBHOOK_BATCH_SIZE
         self.fresh_slots = settings.WEBHOOK_SEND_CONCURRENCY
+        self.lease_margin = settings.WEBHOOK_LEASE_MARGIN
         self.slow_slots = max(0, settings.WEBHOOK_SEND_THREADS - self.fresh_slots)
         self.queued: deque[Job] = deque()
         self.running: list[Job] = []
@@ -489,7 +490,7 @@ class Drain:
                 continue
             job = self.queued.popleft()
             subscription = job.subscription_id
-            if now > job.claimed_at + settings.WEBHOOK_LEASE_MARGIN:
+            if now > job.claimed_at + self.lease_margin:
                 give_back.append(job)  # it could not start in time and would outlive its lease
             elif _slowness.is_slow(subscription, now) or subscription in self.lane or job.retries_a_timeout:
                 # Known to be slow (here, or its last attempt timed out): it joins the lane, which claims
@@ -546,10 +547,11 @@ class Drain:
         now = time.monotonic()
         jobs = [Job(delivery, number, claimed_at=now) for delivery, number in claimed]
         self.busy_at = now
-        inactive = [job for job in jobs if not job.delivery.subscription.is_active]
+        active, inactive = [], []
+        for job in jobs:
+            (active if job.delivery.subscription.is_active else inactive).append(job)
         _settle_inactive(inactive)
         self.handled += len(inactive)
-        active = [job for job in jobs if job.delivery.subscription.is_active]
         if only is None:
             self.queued.extend(active)
         return active
@@ -613,15 +615,15 @@ class Drain:
 
 def message_for(job: Job, bodies: dict[str, bytes]) -> Message:
     delivery = job.delivery
-    event = delivery.event
+    event, subscription = delivery.event, delivery.subscription
     if event.id not in bodies:
         bodies[event.id] = sender.encode_body(event.payload())
     return Message(
-        url=delivery.subscription.url,
+        url=subscription.url,
         msg_id=event.id,
         event_type=event.type,
         body=bodies[event.id],
-        secrets=delivery.subscription.signing_secrets(),
+        secrets=subscription.signing_secrets(),
         attempt=job.number,
         correlation_id=event.correlation_id or event.id,
     )

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from config.logging import CorrelationIdFilter, JsonFormatter
+from config.logging import CorrelationIdFilter, Formatter, JsonFormatter
 from deliveries.models import Delivery
 from subscriptions.models import Subscription
 from tests.conftest import REQUIRE_SERVICES, Api, WorkerProcess, database_url
@@ -151,6 +151,23 @@ def test_the_json_formatter_writes_the_attempt_fields_and_the_current_correlatio
         "attempt": 2,
         "status": None,
     }
+
+
+def test_the_plain_formatter_writes_the_time_as_loggings_own_formatter_does_second_after_second() -> None:
+    plain = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    ours, loggings = Formatter(plain), logging.Formatter(plain)
+    # Within one second, across seconds, back to an earlier second (another thread's older record).
+    for created in (1_795_729_565.001, 1_795_729_565.999, 1_795_729_566.5, 1_795_729_600.25, 1_795_729_565.75):
+        record = logging.LogRecord("hookrelay.deliveries", logging.INFO, __file__, 1, "attempt", (), None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000)
+
+        assert ours.format(record) == loggings.format(record)
+        assert Formatter(plain, datefmt="%H:%M").format(record) == logging.Formatter(plain, "%H:%M").format(record)
+
+
+def test_the_configured_plain_log_lines_use_our_formatter() -> None:
+    handler = logging.getLogger("hookrelay").handlers[0]
+    assert type(handler.formatter) in (Formatter, JsonFormatter)
 
 
 class Records(logging.Handler):
