@@ -60,6 +60,13 @@ def fanout_after_event_params(subscription_ids: list[str]) -> dict:
     return {
         # The plain str: psycopg adapts it in half the time of the enum member (2 vs 4 us).
         "pending": Status.PENDING.value,
-        "ids": [new_delivery_id() for _ in subscription_ids],
-        "subscriptions": subscription_ids,
+        "ids": text_array([new_delivery_id() for _ in subscription_ids]),
+        "subscriptions": text_array(subscription_ids),
     }
+
+
+def text_array(values: list[str]) -> str:
+    """A PostgreSQL array literal of ``values`` (each quoted), for a parameter the statement casts to
+    ``text[]``. psycopg's list adapter looks up a dumper and quotes element by element in Python: with
+    one subscription, the two arrays were about 5 % of a ``publish()``'s CPU (issue 6)."""
+    return "{" + ",".join(['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]) + "}"

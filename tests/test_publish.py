@@ -30,6 +30,19 @@ def receivers_of(event: Event) -> set[str]:
 # --- Fan-out ---
 
 
+def test_the_array_literal_of_a_fan_out_reads_back_as_the_same_strings() -> None:
+    from django.db import connection
+
+    from deliveries.fanout import text_array
+
+    values = ["sub_1", 'quote"d', "back\\slash", "a,b", "{braces}", " spaced ", "NULL", "", "ünï", "\\\""]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT %s::text[]", [text_array(values)])
+        assert cursor.fetchone()[0] == values
+        cursor.execute("SELECT %s::text[]", [text_array([])])
+        assert cursor.fetchone()[0] == []
+
+
 def test_topic_patterns_decide_which_subscriptions_get_a_delivery(subscribe: Callable[..., Subscription]) -> None:
     order_star = subscribe(URL, ["order.*"])
     everything = subscribe(URL, ["#"])
