@@ -35,7 +35,7 @@ def test_the_array_literal_of_a_fan_out_reads_back_as_the_same_strings() -> None
 
     from deliveries.fanout import text_array
 
-    values = ["sub_1", 'quote"d', "back\\slash", "a,b", "{braces}", " spaced ", "NULL", "", "ünï", "\\\""]
+    values = ["sub_1", 'quote"d', "back\\slash", "a,b", "{braces}", " spaced ", "NULL", "", "ünï", '\\"']
     with connection.cursor() as cursor:
         cursor.execute("SELECT %s::text[]", [text_array(values)])
         assert cursor.fetchone()[0] == values
