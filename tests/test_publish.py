@@ -30,6 +30,26 @@ def receivers_of(event: Event) -> set[str]:
 # --- Fan-out ---
 
 
+def test_an_event_built_for_publishing_is_the_one_keyword_arguments_build(django_assert_num_queries) -> None:
+    from webhooks.publishing import new_event
+
+    tenant = Tenant.objects.create(slug="acme", name="Acme")
+    fields = {"type": "order.created", "data": {"id": 1}, "tenant": tenant, "idempotency_scope": "s"}
+    fields |= {"idempotency_key": None, "request_fingerprint": "f", "correlation_id": "c"}
+
+    built, expected = new_event(fields), Event(**fields)
+
+    ours = {f.attname: getattr(built, f.attname) for f in Event._meta.concrete_fields}
+    theirs = {f.attname: getattr(expected, f.attname) for f in Event._meta.concrete_fields}
+    assert ours | {"id": "-", "created_at": "-"} == theirs | {"id": "-", "created_at": "-"}
+    assert built.id.startswith("evt_") and built.id != expected.id
+    assert abs(built.created_at - expected.created_at) < timedelta(seconds=5) and built.created_at.tzinfo
+    assert built._state.adding and built.pk
+    with django_assert_num_queries(0):
+        assert built.tenant is tenant
+        assert new_event(fields | {"tenant": None}).tenant is None
+
+
 def test_the_array_literal_of_a_fan_out_reads_back_as_the_same_strings() -> None:
     from django.db import connection
 
