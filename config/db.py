@@ -1,7 +1,7 @@
 """Cursors for the hot statements: PostgreSQL plans them once per connection, not at every run."""
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from django.conf import settings
@@ -55,3 +55,26 @@ def _preparing_cursor_class() -> type:
             return super().execute(query, params, prepare=True if prepare is None else prepare, binary=binary)
 
     return PreparingCursor
+
+
+def pattern_index_dropper(table: str) -> Callable[..., None]:
+    """A migration step (``RunPython``) that drops the ``varchar_pattern_ops`` copies Django adds on
+    PostgreSQL to a table's indexed text columns, for ``LIKE 'prefix%'``.
+
+    Our ids and event types are looked up by equality only (the admin's search is ``icontains``, which
+    such an index cannot serve), and every insert writes each index of its table. Django does not track
+    these indexes: an ``AlterField`` of such a column later would add its copy again.
+    """
+
+    def drop(apps, schema_editor) -> None:
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%varchar_pattern_ops%%'",
+                [table],
+            )
+            for (name,) in cursor.fetchall():
+                cursor.execute(f"DROP INDEX IF EXISTS {schema_editor.quote_name(name)}")
+
+    return drop

@@ -50,6 +50,20 @@ def test_an_event_built_for_publishing_is_the_one_keyword_arguments_build(django
         assert new_event(fields | {"tenant": None}).tenant is None
 
 
+def test_the_tables_publish_writes_carry_no_like_copies_of_their_indexes() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tablename, indexdef FROM pg_indexes WHERE tablename IN ('webhooks_event', 'deliveries_delivery')"
+        )
+        indexes = cursor.fetchall()
+
+    assert [d for _, d in indexes if "pattern_ops" in d] == []
+    event_columns = {d.rsplit("(", 1)[1].rstrip(")") for t, d in indexes if t == "webhooks_event"}
+    assert {"id", "type", "tenant_id", "created_at"} <= event_columns  # the equality lookups keep theirs
+
+
 def test_the_array_literal_of_a_fan_out_reads_back_as_the_same_strings() -> None:
     from django.db import connection
 

@@ -3,22 +3,7 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-
-def drop_pattern_indexes(apps, schema_editor) -> None:
-    """PostgreSQL: the varchar_pattern_ops copies Django adds for LIKE on the id and event_id columns.
-
-    Ids are looked up by equality only; every claim and record writes each index of the table, and
-    these two were a fifth of them.
-    """
-    if schema_editor.connection.vendor != "postgresql":
-        return
-    with schema_editor.connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT indexname FROM pg_indexes WHERE tablename = 'deliveries_delivery' "
-            "AND indexdef LIKE '%%varchar_pattern_ops%%'"
-        )
-        for (name,) in cursor.fetchall():
-            cursor.execute(f"DROP INDEX IF EXISTS {schema_editor.quote_name(name)}")
+from config.db import pattern_index_dropper
 
 
 class Migration(migrations.Migration):
@@ -28,7 +13,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunPython(drop_pattern_indexes, migrations.RunPython.noop),
+        migrations.RunPython(pattern_index_dropper("deliveries_delivery"), migrations.RunPython.noop),
         migrations.AlterField(
             model_name="attempt",
             name="delivery",
