@@ -76,7 +76,7 @@ class Subscription(models.Model):
         if not self.previous_secret:  # the usual case, and every delivery asks: no clock needed
             return [self.secret]
         now = now or timezone.now()
-        if self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
+        if self.previous_secret_expires_at and self.previous_secret_expires_at > now:
             return [self.secret, self.previous_secret]
         return [self.secret]
 
