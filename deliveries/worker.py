@@ -11,6 +11,7 @@ import math
 import os
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from django.utils import timezone
 from config import metrics
 from config.db import planned_once
 from deliveries import actions, alerts, sender
+from deliveries import wake as wakeups
 from deliveries.models import Attempt, Delivery, Status
 from deliveries.sender import Message, Result
 from deliveries.wake import clear_wake, wait_for_ring, wake
@@ -408,6 +410,9 @@ class Drain:
         self.handled = 0  # rows sent and recorded, or settled without a send; not rows given back
         self.bodies: dict[str, bytes] = {}
         self.exchanges = sender.Exchanges()  # sends on open connections, in this thread
+        self.token = uuid.uuid4().hex
+        self.listening = False  # the listener: rung by publishes, which then queue no drain task
+        self.refresh_at = 0.0
 
     def run(self) -> int:
         try:
@@ -418,7 +423,11 @@ class Drain:
 
     def _run(self) -> int:
         try:
+            if self.linger:
+                self.become_listener()
             while True:
+                if self.listening:
+                    self.keep_listening()
                 self.start_sends()
                 if not self.running:
                     # Idle or not, finished sends wait up to RECORD_DELAY for others: under a trickle of
@@ -436,6 +445,8 @@ class Drain:
             self.record()
         finally:
             _release_unsent(list(self.queued))
+            if self.listening and self.stop_listening():
+                self.more_due = True  # rung after its last look: the next drain sees to it
         if self.more_due and self.claims_left is None:
             wake()  # out of time with rows still due: the next drain carries on
         return self.handled
@@ -450,11 +461,34 @@ class Drain:
         slow_running = any(job.slow for job in self.running)
         return slow_running and time.monotonic() < self.deadline + settings.WEBHOOK_TIMEOUT
 
+    def become_listener(self) -> bool:
+        self.listening = wakeups.listen(self.token)
+        self.refresh_at = time.monotonic() + wakeups.LISTENER_REFRESH
+        return self.listening
+
+    def keep_listening(self) -> None:
+        """Refresh the listener's key; let it go while slow sends keep this drain from the doorbell."""
+        if any(job.slow for job in self.running):
+            if self.stop_listening():
+                self.more_due = True
+        elif time.monotonic() >= self.refresh_at:
+            self.become_listener()
+
+    def stop_listening(self) -> bool:
+        """No longer the listener; True if a publish rang meanwhile (and so queued no drain task)."""
+        self.listening = False
+        return wakeups.stop_listening(self.token)
+
     def wait_for_work(self) -> bool:
-        """Idle: wait for a wake-up, looking at the rows every ``POLL_WHILE_IDLE`` (retries fall due unrung)."""
+        """Idle: wait for a wake-up, looking at the rows every ``POLL_WHILE_IDLE`` (retries fall due unrung).
+
+        Only the listener lingers; a drain that another is listening for ends when it runs out of work.
+        """
         now = time.monotonic()
         until = min(self.busy_at + self.linger, self.deadline)
         if self.claims_left is not None or now >= until:
+            return False
+        if not self.listening and not (self.linger and self.become_listener()):
             return False
         record_at = self.finished[0].finished_at + RECORD_DELAY if self.finished else math.inf
         rang = wait_for_ring(min(POLL_WHILE_IDLE, until - now, max(0.001, record_at - now)))
@@ -541,7 +575,7 @@ class Drain:
             # Rows of the excluded subscriptions may be due too: the slow lane claims those.
             self.more_due = len(claimed) == limit or bool(exclude)
             if len(claimed) == limit and self.claims_left is None:
-                wake()  # probably more due: another worker process can claim the next batch meanwhile
+                wake(help_wanted=True)  # probably more due: another worker process can claim the next batch
         if not claimed:
             return []
         now = time.monotonic()

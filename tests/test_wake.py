@@ -1,15 +1,18 @@
 """Wake-ups: the doorbell a lingering drain waits on, against the real Redis (DESIGN.md sections 1 and 2)."""
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
+import redis
+from django.conf import settings
 from django.db import connection
 
 from deliveries import wake, worker
 from deliveries.models import Delivery, Status
 from subscriptions.models import Subscription
-from tests.receiver import Receiver
+from tests.receiver import Receiver, Reply
 from webhooks import publish
 
 pytestmark = pytest.mark.services
@@ -61,6 +64,7 @@ def test_a_lingering_drain_delivers_an_event_published_after_it_went_idle(
     drainer.start()
     assert idle.wait(10), "the drain never went idle"
     event = publish("order.created", {"id": 1})
+    assert not store().exists(wake.WAKE_KEY), "a drain was listening: the publish must queue no task"
     (got,) = receiver.wait_for(1, timeout=10)
     assert drainer.is_alive(), "the event must be delivered by the lingering drain, not a new one"
     drainer.join(timeout=20)
@@ -94,3 +98,103 @@ def test_a_wake_up_still_rings_after_redis_forgot_its_scripts(flush_redis) -> No
     wake.wake()
 
     assert wake.wait_for_ring(1) is True
+
+
+def store() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def test_one_drain_at_a_time_is_the_listener(flush_redis) -> None:
+    assert wake.listen("a") is True
+    assert wake.listen("b") is False
+    assert wake.listen("a") is True  # a refresh
+    assert 0 < store().ttl(wake.LISTENER_KEY) <= wake.LISTENER_TTL  # a killed listener is forgotten
+
+    assert wake.stop_listening("b") is False  # not b's to let go, and nobody rang
+    assert wake.listen("b") is False
+    assert wake.stop_listening("a") is False
+    assert wake.listen("b") is True
+
+
+def test_while_a_drain_listens_a_wake_up_only_rings(flush_redis) -> None:
+    assert wake.listen("a")
+    wake.wake()
+    assert not store().exists(wake.WAKE_KEY)  # no drain task queued: the listener will look
+
+    assert wake.stop_listening("a") is True  # the ring it never heard: its drain passes it on
+    assert wake.wait_for_ring(0.2) is False  # taken with the key, not left for a drain to find twice
+    wake.wake()
+    assert store().exists(wake.WAKE_KEY)  # nobody listens: a task is queued
+
+
+def test_a_full_claim_asks_for_help_even_with_a_listener(flush_redis) -> None:
+    assert wake.listen("a")
+
+    wake.wake(help_wanted=True)
+
+    assert store().exists(wake.WAKE_KEY)
+    assert wake.wait_for_ring(1) is True
+
+
+def idle_drain(monkeypatch: pytest.MonkeyPatch, linger: float) -> tuple[threading.Thread, threading.Event]:
+    """A drain in a thread, and an event set each time it waits for a ring (the real wait, called through)."""
+    idle = threading.Event()
+
+    def waiting(seconds: float) -> bool:
+        idle.set()
+        return wake.wait_for_ring(seconds)
+
+    def run_drain() -> None:
+        try:
+            worker.drain(budget=30, linger=linger)
+        finally:
+            connection.close()
+
+    monkeypatch.setattr(worker, "wait_for_ring", waiting)
+    return threading.Thread(target=run_drain), idle
+
+
+def test_only_the_listener_lingers(transactional_db, flush_redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    listener, idle = idle_drain(monkeypatch, linger=6)
+    listener.start()
+    assert idle.wait(10), "the first drain never went idle"
+    assert store().exists(wake.LISTENER_KEY)
+
+    assert worker.drain(budget=30, linger=6) == 0  # nothing due and another drain listens: it ends
+
+    assert listener.is_alive(), "the second drain must end at once, not linger beside the listener"
+    listener.join(timeout=20)
+    assert not store().exists(wake.LISTENER_KEY)  # let go when it ended
+
+
+def test_a_drain_waiting_on_a_slow_send_stops_listening(
+    transactional_db,
+    flush_redis,
+    allow_loopback,
+    subscribe: Callable[..., Subscription],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker, "_slowness", worker.Slowness())
+    slow = Receiver(lambda request: (time.sleep(2), Reply())[1]).start()
+    try:
+        subscribe(slow.url("/slow"))
+        drainer, idle = idle_drain(monkeypatch, linger=3)
+        drainer.start()
+        assert idle.wait(10), "the drain never went idle"
+        assert store().exists(wake.LISTENER_KEY)
+        idle.clear()
+
+        publish("order.created", {"id": 1})
+        slow.wait_for(1, timeout=10)
+        deadline = time.monotonic() + 10
+        while store().exists(wake.LISTENER_KEY) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not store().exists(wake.LISTENER_KEY), "a drain held by a slow send must stop listening"
+        assert not idle.is_set()  # still sending: it let go because the send is slow, not because it idled
+        store().delete(wake.WAKE_KEY)
+        publish("order.created", {"id": 2})
+
+        assert store().exists(wake.WAKE_KEY)  # so another worker process takes the fresh event
+        drainer.join(timeout=30)
+    finally:
+        slow.stop()
