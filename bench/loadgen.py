@@ -4,7 +4,7 @@
 
 Raw HTTP/1.1 on non-blocking sockets and one selector, in one process, the request bytes made once: the
 generator shares the machine with the server it measures, so it should take as little CPU as it can
-(an asyncio version took about 0.37 ms of CPU a request; gunicorn's sync workers close the connection
+(an asyncio version took about 0.37 ms of CPU a request; gunicorn's sync workers would close the connection
 after every answer, so each request also opens one). A connection is reused until the server closes it,
 then reopened. Bounded by time and by count. Prints one JSON line: requests, statuses, requests per
 second and latency percentiles over the measured window (after ``--warmup`` seconds).

@@ -442,7 +442,7 @@ class RssSampler(threading.Thread):
 
 
 class Web:
-    """``gunicorn config.wsgi`` with ``workers`` sync workers on 127.0.0.1."""
+    """``gunicorn config.wsgi`` with ``workers`` workers on 127.0.0.1 (threads as gunicorn.conf.py sets them)."""
 
     def __init__(self, config: Config, workers: int = 2) -> None:
         self.port = free_port()

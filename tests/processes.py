@@ -67,10 +67,12 @@ class Web(Process):
 
     stop_signal = signal.SIGINT  # gunicorn's quick shutdown
 
-    def __init__(self, env: dict[str, str], log: Path, port: int, workers: int, threads: int) -> None:
+    def __init__(self, env: dict[str, str], log: Path, port: int, workers: int | None, threads: int | None) -> None:
         self.port = port
-        args = [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}"]
-        args += ["--workers", str(workers), "--threads", str(threads), "--no-control-socket"]
+        args = [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "--no-control-socket"]
+        # None leaves the setting to gunicorn.conf.py, as in production.
+        args += ["--workers", str(workers)] if workers is not None else []
+        args += ["--threads", str(threads)] if threads is not None else []
         args += ["--timeout", "60", "--graceful-timeout", "2"]
         super().__init__(args, env, log)
 
@@ -121,7 +123,7 @@ class Servers:
         self.base_env = base_env
         self.started: list[Process] = []
 
-    def web(self, workers: int = 1, threads: int = 4, port: int | None = None, **env: str) -> Web:
+    def web(self, workers: int | None = 1, threads: int | None = 4, port: int | None = None, **env: str) -> Web:
         full_env = {**self.base_env, **env}
         log = self.directory / f"web{len(self.started)}.log"
         web = Web(full_env, log, port or free_port(), workers, threads)
