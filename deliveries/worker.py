@@ -281,6 +281,10 @@ SLOW_PER_SUBSCRIPTION = 4  # sends in flight to one slow subscription, per worke
 RECORD_DELAY = 0.05  # seconds a finished send may wait to be recorded with others
 LINGER_SECONDS = 2.0  # an idle drain task waits this long for a wake-up before it ends
 POLL_WHILE_IDLE = 0.5
+# A drain rung within this long of its last claim waits out the rest, so under a stream of events each claim
+# takes what came in about that time: end to end 1,655-1,677 -> 1,730-1,736/s, latency at 200/s unchanged
+# (4 ms gathered a little more and widened p95 from about 2.4 to 3-4 ms). Claims further apart never wait.
+GATHER_SECONDS = 0.002
 _slowness = Slowness()
 
 
@@ -492,6 +496,10 @@ class Drain:
             return False
         record_at = self.finished[0].finished_at + RECORD_DELAY if self.finished else math.inf
         rang = wait_for_ring(min(POLL_WHILE_IDLE, until - now, max(0.001, record_at - now)))
+        if rang:
+            gather = self.busy_at + GATHER_SECONDS - time.monotonic()
+            if gather > 0:
+                time.sleep(gather)
         if rang or time.monotonic() < record_at:  # not merely woken to record what finished
             self.more_due = True
         return True
