@@ -26,8 +26,8 @@ WAKE_KEY = "hookrelay:wake"
 DOORBELL_KEY = "hookrelay:doorbell"
 LISTENER_KEY = "hookrelay:listener"
 WAKE_TTL = 5
-# A listener refreshes its claim this often; one that died without letting go (kill -9) blocks new
-# drain tasks for LISTENER_TTL at most, and the sweeper's wake-ups find the key gone after that.
+# A listener refreshes its key this often; one that died without letting go (kill -9) keeps publishes
+# from queuing drain tasks for LISTENER_TTL at most (the sweeper queues its drains regardless).
 LISTENER_TTL = 2
 LISTENER_REFRESH = 0.5
 # The doorbell holds one ring at most: a drain that wakes up looks at every due row anyway.
