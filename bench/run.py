@@ -64,7 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--concurrency", type=int, default=None, help="worker processes (default: the app's, two per core)"
     )
     parser.add_argument(
-        "--profile", action="store_true", help="after the runs, one more drain, end to end and ingest under py-spy"
+        "--profile",
+        action="store_true",
+        help="after the runs, one more drain, end to end, isolation and ingest under py-spy",
     )
     parser.add_argument("--drop-database", action="store_true", help="drop the benchmark database at the end")
     parser.add_argument("--keep-logs", action="store_true", help="keep the work folder with every process log")
@@ -307,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 ctx.say(f"{name}: PROBLEM not every event was delivered within the time limit")
         if args.profile:
             report["profile"] = {}
-            for target in ("drain", "end_to_end", "ingest"):
+            for target in ("drain", "end_to_end", "isolation", "ingest"):
                 ctx.say(f"profile: one more {target} run under py-spy")
                 outcome = scenarios.profiled(ctx, target)
                 profiles = outcome.details.get("profiles") or {}

@@ -569,8 +569,9 @@ def _round(value: float | None, digits: int = 2) -> float | None:
 # --- 4. isolation ---
 
 
-def isolation_phase(ctx: Context, slow: bool) -> dict:
-    """A backlog of events to every subscription; the healthy ones' deliveries per second."""
+def isolation_phase(ctx: Context, slow: bool, profile: bool = False) -> dict:
+    """A backlog of events to every subscription; the healthy ones' deliveries per second. With ``profile``,
+    py-spy samples the worker tree until the healthy deliveries are done."""
     sizes = ctx.sizes
     total, bad = sizes.isolation_subscriptions, sizes.isolation_slow
     fresh(ctx)
@@ -585,11 +586,14 @@ def isolation_phase(ctx: Context, slow: bool) -> dict:
     )
     try:
         worker.wait_ready()
+        name = "isolation-slow" if slow else "isolation-healthy"
+        profiler = Profiler(ctx, worker.process.pid, name) if profile else None
         # The sink counts the answered arrivals: with slow endpoints those are the healthy ones only.
         arrivals = expected if slow else sizes.isolation_events * total
         reached = wait_for_sink(ctx, arrivals, sizes.isolation_cap)
         stats = wait_for_db(expected, 30 if reached else 0, subscription_id__in=healthy)
         stopped_at = time.time()
+        folded = profiler.stop() if profiler else None
         # The slow endpoints' attempts end at the timeout, in the slow lane, after the healthy ones are
         # done: wait for each to have one (this is not part of the healthy figure).
         other_expected = sizes.isolation_events * len(others)
@@ -615,6 +619,7 @@ def isolation_phase(ctx: Context, slow: bool) -> dict:
         "other_errors": errors,
         "other_attempted": slow_attempted,
         "other_expected": other_expected,
+        "profiles": {name: str(folded)} if folded else {},
     }
 
 
@@ -636,11 +641,11 @@ def attempt_ids(subscription_ids: list[str]) -> list[str]:
     )
 
 
-def isolation(ctx: Context) -> Outcome:
+def isolation(ctx: Context, profile: bool = False) -> Outcome:
     """Healthy endpoints' throughput with some endpoints answering only after the timeout, as a fraction of
     the same endpoints' throughput when every endpoint is healthy."""
-    baseline = isolation_phase(ctx, slow=False)
-    degraded = isolation_phase(ctx, slow=True)
+    baseline = isolation_phase(ctx, slow=False, profile=profile)
+    degraded = isolation_phase(ctx, slow=True, profile=profile)
     fraction = degraded["healthy_per_s"] / baseline["healthy_per_s"] if baseline["healthy_per_s"] else 0.0
     problems = []
     if baseline["all_failed"] or degraded["healthy_failed"] or degraded["all_failed"]:
@@ -657,7 +662,12 @@ def isolation(ctx: Context) -> Outcome:
         {"healthy_fraction": round(fraction, 4)},
         baseline["complete"] and degraded["complete"],
         problems,
-        {"baseline": baseline, "degraded": degraded, "timeout_s": ctx.sizes.isolation_timeout},
+        {
+            "baseline": baseline,
+            "degraded": degraded,
+            "timeout_s": ctx.sizes.isolation_timeout,
+            "profiles": baseline.pop("profiles") | degraded.pop("profiles"),
+        },
     )
 
 
@@ -829,4 +839,4 @@ RUNNERS = {
 
 def profiled(ctx: Context, name: str) -> Outcome:
     """An extra run under py-spy (not counted in the figures: sampling costs the profiled processes time)."""
-    return {"drain": drain, "end_to_end": end_to_end, "ingest": ingest}[name](ctx, profile=True)
+    return {"drain": drain, "end_to_end": end_to_end, "isolation": isolation, "ingest": ingest}[name](ctx, profile=True)
