@@ -8,10 +8,12 @@ import pytest
 from django.db import transaction
 from django.db.models import Count, F
 
+from deliveries import wake
 from deliveries.models import Delivery, Status
 from subscriptions.models import Subscription
 from tests.receiver import Receiver, Reply
 from tests.test_engine_e2e import wait_until
+from tests.test_wake import store
 from webhooks import publish
 
 pytestmark = pytest.mark.services
@@ -41,6 +43,23 @@ def test_a_killed_worker_and_a_wiped_redis_lose_no_delivery(start_worker, flush_
     duplicates = sum(count - 1 for count in received.values())
     assert duplicates <= in_flight, (duplicates, in_flight)
     wait_until(lambda: Delivery.objects.filter(status=Status.SUCCEEDED).count() == len(events))
+
+
+def test_a_killed_listener_costs_latency_not_the_delivery(start_worker, flush_redis, receiver: Receiver) -> None:
+    Subscription.objects.create(url=receiver.url(), events=["#"])
+    first = start_worker()
+    publish("order.created", {"n": 1})
+    receiver.wait_for(1, timeout=30)
+    # The drain that delivered it lingers as the listener: killed now, it leaves its key behind.
+    wait_until(lambda: store().exists(wake.LISTENER_KEY), timeout=10)
+    first.kill()
+    start_worker()
+
+    second = publish("order.created", {"n": 2})
+
+    arrived = receiver.wait_for(2, timeout=60)
+    assert arrived[-1].headers["webhook-id"] == second.id
+    wait_until(lambda: Delivery.objects.filter(event_id=second.id, status=Status.SUCCEEDED).exists())
 
 
 def test_a_rolled_back_transaction_delivers_nothing(start_worker, receiver: Receiver) -> None:
