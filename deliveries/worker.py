@@ -465,8 +465,10 @@ class Drain:
             return True
         # Past the budget the drain must still wait for its slow sends: it keeps the fresh slots busy
         # meanwhile, so healthy endpoints never wait on a drain that is winding down.
-        slow_running = any(job.slow for job in self.running)
-        return slow_running and time.monotonic() < self.deadline + settings.WEBHOOK_TIMEOUT
+        return self.slow_running() and time.monotonic() < self.deadline + settings.WEBHOOK_TIMEOUT
+
+    def slow_running(self) -> bool:
+        return any(job.slow for job in self.running)
 
     def become_listener(self) -> bool:
         self.listening = wakeups.listen(self.token)
@@ -475,7 +477,7 @@ class Drain:
 
     def keep_listening(self) -> None:
         """Refresh the listener's key; let it go while slow sends keep this drain from the doorbell."""
-        if any(job.slow for job in self.running):
+        if self.slow_running():
             if self.stop_listening():
                 self.more_due = True
         elif time.monotonic() >= self.refresh_at:
