@@ -36,6 +36,28 @@ def test_a_waiting_drain_hears_the_ring(flush_redis) -> None:
     assert heard == [True]
 
 
+def idle_drain(
+    monkeypatch: pytest.MonkeyPatch, linger: float, budget: float = 30
+) -> tuple[threading.Thread, threading.Event, list[int]]:
+    """A drain in a thread, an event set each time it waits for a ring (the real wait, called through), and
+    the list its count of handled rows goes to when it ends."""
+    idle = threading.Event()
+    handled: list[int] = []
+
+    def waiting(seconds: float) -> bool:
+        idle.set()
+        return wake.wait_for_ring(seconds)
+
+    def run_drain() -> None:
+        try:
+            handled.append(worker.drain(budget=budget, linger=linger))
+        finally:
+            connection.close()
+
+    monkeypatch.setattr(worker, "wait_for_ring", waiting)
+    return threading.Thread(target=run_drain), idle, handled
+
+
 def test_a_lingering_drain_delivers_an_event_published_after_it_went_idle(
     transactional_db,
     flush_redis,
@@ -46,21 +68,7 @@ def test_a_lingering_drain_delivers_an_event_published_after_it_went_idle(
 ) -> None:
     # No Celery worker runs here: only the drain that is already waiting can deliver the event.
     subscribe(receiver.url())
-    idle = threading.Event()
-    handled: list[int] = []
-
-    def waiting(seconds: float) -> bool:  # calls through: it only tells the test the drain is idle
-        idle.set()
-        return wake.wait_for_ring(seconds)
-
-    def run_drain() -> None:
-        try:
-            handled.append(worker.drain(budget=20, linger=3))
-        finally:
-            connection.close()
-
-    monkeypatch.setattr(worker, "wait_for_ring", waiting)
-    drainer = threading.Thread(target=run_drain)
+    drainer, idle, handled = idle_drain(monkeypatch, linger=3, budget=20)
     drainer.start()
     assert idle.wait(10), "the drain never went idle"
     event = publish("order.created", {"id": 1})
@@ -136,26 +144,8 @@ def test_a_full_claim_asks_for_help_even_with_a_listener(flush_redis) -> None:
     assert wake.wait_for_ring(1) is True
 
 
-def idle_drain(monkeypatch: pytest.MonkeyPatch, linger: float) -> tuple[threading.Thread, threading.Event]:
-    """A drain in a thread, and an event set each time it waits for a ring (the real wait, called through)."""
-    idle = threading.Event()
-
-    def waiting(seconds: float) -> bool:
-        idle.set()
-        return wake.wait_for_ring(seconds)
-
-    def run_drain() -> None:
-        try:
-            worker.drain(budget=30, linger=linger)
-        finally:
-            connection.close()
-
-    monkeypatch.setattr(worker, "wait_for_ring", waiting)
-    return threading.Thread(target=run_drain), idle
-
-
 def test_only_the_listener_lingers(transactional_db, flush_redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    listener, idle = idle_drain(monkeypatch, linger=6)
+    listener, idle, _ = idle_drain(monkeypatch, linger=6)
     listener.start()
     assert idle.wait(10), "the first drain never went idle"
     assert store().exists(wake.LISTENER_KEY)
@@ -178,7 +168,7 @@ def test_a_drain_waiting_on_a_slow_send_stops_listening(
     slow = Receiver(lambda request: (time.sleep(2), Reply())[1]).start()
     try:
         subscribe(slow.url("/slow"))
-        drainer, idle = idle_drain(monkeypatch, linger=3)
+        drainer, idle, _ = idle_drain(monkeypatch, linger=3)
         drainer.start()
         assert idle.wait(10), "the drain never went idle"
         assert store().exists(wake.LISTENER_KEY)
