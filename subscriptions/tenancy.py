@@ -1,6 +1,8 @@
 """Who is calling: the OAuth2 client, its tenant and scopes, and the one queryset filter every view uses."""
 
 import hashlib
+from dataclasses import dataclass
+from datetime import datetime
 
 from django.conf import settings
 from django.db import connection
@@ -36,8 +38,9 @@ class TokenAuthentication(OAuth2Authentication):
     in one precompiled query on PostgreSQL. DOT's own check compiles a five-table ORM query per request,
     and the client and tenant took another: together about 60% of an ingest request's CPU.
 
-    Nothing is cached between requests: a deleted client or an expired or revoked token is refused on
-    its next request. Anything but a current, unrestricted bearer token of an API client goes to DOT
+    Nothing is trusted between requests: a deleted client or an expired or revoked token is refused on
+    its next request. What a check found is remembered only as a hint (``Caller``) that the statement
+    acting on it confirms. Anything but a current, unrestricted bearer token of an API client goes to DOT
     itself, so every refusal keeps DOT's answer and ``WWW-Authenticate`` challenge.
     """
 
@@ -46,6 +49,7 @@ class TokenAuthentication(OAuth2Authentication):
         access_token = load_access_token(token) if token else None
         if access_token is None or access_token.is_expired() or not access_token.application.is_usable(request):
             return super().authenticate(request)
+        remember_caller(token, access_token)
         return access_token.user, access_token
 
 
@@ -74,7 +78,7 @@ ACCESS_SQL = (
 def load_access_token(token: str) -> AccessToken | None:
     """The token with its application (id only), API client and tenant attached, or None."""
     with planned_once() as cursor:
-        cursor.execute(ACCESS_SQL, [hashlib.sha256(token.encode()).hexdigest()])
+        cursor.execute(ACCESS_SQL, [token_checksum(token)])
         row = cursor.fetchone()
     if row is None:
         return None
@@ -85,6 +89,67 @@ def load_access_token(token: str) -> AccessToken | None:
     access_token.application = Application.from_db(db, ["id"], [access_token.application_id])
     access_token.application.api_client = client
     return access_token
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What the last full check of a bearer token found: its client, the client's tenant, the token's scope.
+
+    Only a hint, remembered per process: a request that acts on it without authenticating has the
+    database confirm all of it (``CALLER_CONFIRMED_SQL``) in the very statement that acts, so a token
+    revoked, expired or moved to another client or tenant since acts on nothing (``webhooks.ingest``).
+    """
+
+    checksum: str
+    client_id: int
+    tenant: Tenant | None
+    scope: str
+
+    def may(self, scope: str) -> bool:
+        return scope in self.scope.split()  # as DOT's AccessToken.allow_scopes() reads it
+
+    def confirmed(self, now: datetime) -> tuple[str, dict]:
+        """SQL true while the token still grants this, and its named parameters."""
+        return CALLER_CONFIRMED_SQL, {
+            "caller_checksum": self.checksum,
+            "caller_now": now,
+            "caller_scope": self.scope,
+            "caller_client": self.client_id,
+            "caller_tenant": self.tenant.pk if self.tenant else None,
+            "caller_tenant_slug": self.tenant.slug if self.tenant else None,
+        }
+
+
+# What TokenAuthentication (ACCESS_SQL) and DOT would accept of the caller: a current, unrestricted token
+# with this scope, of this API client, of this tenant (or of none, with no tenant).
+CALLER_CONFIRMED_SQL = (
+    "EXISTS (SELECT 1 FROM oauth2_provider_accesstoken t "
+    "JOIN subscriptions_apiclient c ON c.application_id = t.application_id "
+    "LEFT JOIN subscriptions_tenant n ON n.id = c.tenant_id "
+    "WHERE t.token_checksum = %(caller_checksum)s::varchar AND t.resource = '[]'::jsonb "
+    "AND t.expires > %(caller_now)s::timestamptz AND t.scope = %(caller_scope)s::text "
+    "AND c.id = %(caller_client)s::bigint AND c.tenant_id IS NOT DISTINCT FROM %(caller_tenant)s::varchar "
+    "AND n.slug IS NOT DISTINCT FROM %(caller_tenant_slug)s::varchar)"
+)
+REMEMBERED_CALLERS = 10_000
+_callers: dict[str, Caller] = {}
+
+
+def remember_caller(token: str, access_token: AccessToken) -> None:
+    client = access_token.application.api_client
+    checksum = token_checksum(token)
+    if len(_callers) >= REMEMBERED_CALLERS:
+        _callers.clear()
+    _callers[checksum] = Caller(checksum, client.pk, client.tenant, access_token.scope)
+
+
+def remembered_caller(token: str) -> Caller | None:
+    """The hint a full check of ``token`` left in this process, if any (see ``Caller``)."""
+    return _callers.get(token_checksum(token))
+
+
+def token_checksum(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()  # as DOT's TokenChecksumField stores it
 
 
 def api_client(request: Request) -> ApiClient:

@@ -1,4 +1,4 @@
-"""TokenAuthentication: the token, its client and tenant in one query, and nothing remembered between requests."""
+"""TokenAuthentication: the token, its client and tenant in one query, and nothing trusted between requests."""
 
 from collections.abc import Callable
 from datetime import timedelta

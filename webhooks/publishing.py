@@ -41,26 +41,15 @@ def publish(
     With an ``idempotency_key`` seen in the same scope within 24 hours, returns that first event
     (``event.replayed`` is True) and creates nothing.
     """
-    if not topics.is_valid_event_type(event_type) or event_type.startswith(RESERVED_PREFIX):
-        raise PublishError(f"invalid event type {event_type!r}")
-    if not isinstance(data, dict):
-        raise PublishError("data must be a JSON object")
-    if has_unstorable_text(data):
-        raise PublishError("data may not contain NUL characters or unpaired surrogates")
+    check_event(event_type, data)
     tenant = resolve_tenant(tenant)
     if idempotency_key is not None:
         replay = find_replay(idempotency_scope, idempotency_key)
         if replay:
             return replay
-    fields = {
-        "type": event_type,
-        "data": data,
-        "tenant": tenant,
-        "idempotency_scope": idempotency_scope,
-        "idempotency_key": idempotency_key,
-        "request_fingerprint": request_fingerprint,
-        "correlation_id": correlation_id or correlation.get() or correlation.new_id(),
-    }
+    fields = event_values(
+        event_type, data, tenant, idempotency_scope, idempotency_key, request_fingerprint, correlation_id
+    )
     try:
         return record_event(fields)
     except IntegrityError:
@@ -69,6 +58,62 @@ def publish(
         if replay is None:
             raise
         return replay
+
+
+def publish_if(
+    condition: tuple[str, dict],
+    event_type: str,
+    data: dict,
+    *,
+    tenant: Tenant | None,
+    idempotency_scope: str,
+    correlation_id: str,
+) -> Event | None:
+    """``publish()`` without an idempotency key, on condition that the SQL ``condition`` (with its named
+    parameters) holds in the insert's own snapshot; PostgreSQL only.
+
+    Returns None, having written nothing, when the condition fails, when the tenant's subscriptions changed
+    since this process last read them, or when it has not read them yet: the caller then takes its ordinary
+    path, which reads them (so the next call can insert in one statement).
+    """
+    check_event(event_type, data)
+    known = known_candidates(tenant.pk if tenant else None)
+    if known is None or connection.vendor != "postgresql":
+        return None
+    event = new_event(event_values(event_type, data, tenant, idempotency_scope, None, "", correlation_id))
+    receivers = known.receiving(event.type)
+    if not insert_in_one_statement(event, receivers, known, condition):
+        return None
+    return published(event, receivers)
+
+
+def event_values(
+    event_type: str,
+    data: dict,
+    tenant: Tenant | None,
+    idempotency_scope: str,
+    idempotency_key: str | None,
+    request_fingerprint: str,
+    correlation_id: str,
+) -> dict:
+    return {
+        "type": event_type,
+        "data": data,
+        "tenant": tenant,
+        "idempotency_scope": idempotency_scope,
+        "idempotency_key": idempotency_key,
+        "request_fingerprint": request_fingerprint,
+        "correlation_id": correlation_id or correlation.get() or correlation.new_id(),
+    }
+
+
+def check_event(event_type: str, data: dict) -> None:
+    if not topics.is_valid_event_type(event_type) or event_type.startswith(RESERVED_PREFIX):
+        raise PublishError(f"invalid event type {event_type!r}")
+    if not isinstance(data, dict):
+        raise PublishError("data must be a JSON object")
+    if has_unstorable_text(data):
+        raise PublishError("data may not contain NUL characters or unpaired surrogates")
 
 
 def record_event(fields: dict) -> Event:
@@ -85,6 +130,10 @@ def record_event(fields: dict) -> Event:
             receivers = receiving(event.type, event.tenant)
             event.save(force_insert=True)
             create_deliveries(event, receivers)
+    return published(event, receivers)
+
+
+def published(event: Event, receivers: list[str]) -> Event:
     transaction.on_commit(metrics.EVENTS_PUBLISHED.inc)
     event.delivery_count = len(receivers)
     event.replayed = False
@@ -136,11 +185,16 @@ def release_expired_key(scope: str, key: str) -> None:
     ).update(idempotency_key=None)
 
 
-def insert_in_one_statement(event: Event, receivers: list[str], known: Candidates | None = None) -> bool:
+def insert_in_one_statement(
+    event: Event, receivers: list[str], known: Candidates | None = None, condition: tuple[str, dict] | None = None
+) -> bool:
     """PostgreSQL: the event and its deliveries in one statement, so one round trip and, outside a
     transaction, one implicit commit instead of BEGIN, two inserts and COMMIT. With ``known``, only if the
-    subscriptions are still those candidates in the statement's snapshot; returns whether it inserted."""
-    sql, fields = insert_event_sql(guarded=known is not None, for_tenant=event.tenant_id is not None)
+    subscriptions are still those candidates in the statement's snapshot, and with ``condition`` (``known``
+    required), only if that holds too; returns whether it inserted."""
+    sql, fields = insert_event_sql(
+        guarded=known is not None, for_tenant=event.tenant_id is not None, condition=condition[0] if condition else ""
+    )
     # The connection itself, not the thread-local proxy: a lookup per attribute was a tenth of publish()'s CPU.
     db = connections[DEFAULT_DB_ALIAS]
     params = {}
@@ -151,6 +205,8 @@ def insert_in_one_statement(event: Event, receivers: list[str], known: Candidate
         params[name] = value if plain else field.get_db_prep_save(value, db)
     if known is not None:
         params["fingerprint"] = known.fingerprint
+    if condition:
+        params |= condition[1]
     if receivers:
         sql = f"WITH new_event AS ({sql} RETURNING id, type, created_at), fanout AS ({INSERT_FANOUT_AFTER_EVENT_SQL})"
         params |= fanout_after_event_params(receivers)
@@ -181,7 +237,9 @@ def is_text_column(field: models.Field) -> bool:
 
 
 @functools.cache
-def insert_event_sql(*, guarded: bool, for_tenant: bool) -> tuple[str, list[tuple[str, models.Field]]]:
+def insert_event_sql(
+    *, guarded: bool, for_tenant: bool, condition: str = ""
+) -> tuple[str, list[tuple[str, models.Field]]]:
     fields = [(f"event_{field.attname}", field) for field in Event._meta.concrete_fields]
     columns = ", ".join(connection.ops.quote_name(field.column) for _, field in fields)
     # Typed like their columns (without a length: an explicit cast would truncate, the insert refuses): a
@@ -190,8 +248,11 @@ def insert_event_sql(*, guarded: bool, for_tenant: bool) -> tuple[str, list[tupl
     values = ", ".join(f"%({name})s::{field.db_type(connection).split('(')[0]}" for name, field in fields)
     insert = f"INSERT INTO {Event._meta.db_table} ({columns})"
     if not guarded:
+        if condition:
+            raise ValueError("a condition needs the guarded form: pass the known candidates")
         return f"{insert} VALUES ({values})", fields
-    return f"{insert} SELECT {values} WHERE {fingerprint_guard(for_tenant, 'event_tenant_id')}", fields
+    where = fingerprint_guard(for_tenant, "event_tenant_id") + (f" AND {condition}" if condition else "")
+    return f"{insert} SELECT {values} WHERE {where}", fields
 
 
 def find_replay(scope: str, key: str) -> Event | None:
