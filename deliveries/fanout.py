@@ -1,7 +1,7 @@
 from django.db import connection, transaction
 
 from deliveries.models import Delivery, Status, new_delivery_id
-from deliveries.wake import wake
+from deliveries.wake import wake_after_publish
 
 # PostgreSQL: the whole fan-out as one statement with two array parameters. Building 5,000 model
 # instances for bulk_create took most of publish()'s time in the fan-out benchmark.
@@ -39,7 +39,7 @@ def create_deliveries(event, subscription_ids: list[str]) -> int:
             )
             for subscription_id in subscription_ids
         )
-    transaction.on_commit(wake)
+    transaction.on_commit(wake_after_publish)
     return len(subscription_ids)
 
 

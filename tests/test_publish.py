@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from deliveries.actions import delete_subscription
 from deliveries.models import Delivery, Status
-from deliveries.wake import wake
+from deliveries.wake import wake_after_publish
 from subscriptions.models import Subscription, Tenant
 from webhooks import correlation, publish
 from webhooks.model_events import connect_all, default_serializer, tenant_of
@@ -230,7 +230,7 @@ def test_a_committed_publish_wakes_a_worker_only_on_commit(
     with django_capture_on_commit_callbacks() as callbacks, transaction.atomic():
         publish("order.created", {"id": 1})
 
-    assert [callback for callback in callbacks if callback is wake] == [wake]
+    assert [callback for callback in callbacks if callback is wake_after_publish] == [wake_after_publish]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -243,8 +243,8 @@ def test_a_publish_outside_a_transaction_wakes_a_worker_after_its_rows_are_writt
     def wake() -> None:
         visible_at_wake.append(Delivery.objects.count())
 
-    monkeypatch.setattr("webhooks.publishing.wake", wake)
-    monkeypatch.setattr("deliveries.fanout.wake", wake)  # the path other databases take
+    monkeypatch.setattr("webhooks.publishing.wake_after_publish", wake)
+    monkeypatch.setattr("deliveries.fanout.wake_after_publish", wake)  # the path other databases take
 
     publish("order.created", {"id": 1})
 

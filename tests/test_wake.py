@@ -188,3 +188,112 @@ def test_a_drain_waiting_on_a_slow_send_stops_listening(
         drainer.join(timeout=30)
     finally:
         slow.stop()
+
+
+# --- A listener's promise to look again: publishes skip their rings ---
+
+
+def test_a_publish_within_a_listeners_promise_does_not_ring(flush_redis) -> None:
+    assert wake.listen("a")
+    assert wake.promise("a", 0.5)
+
+    wake.wake_after_publish()  # rings, and learns how long the promise has left
+    assert wake.wait_for_ring(0.2) is True
+    wake.wake_after_publish()
+    wake.wake_after_publish()
+
+    assert wake.wait_for_ring(0.2) is False
+    assert not store().exists(wake.WAKE_KEY)
+    time.sleep(0.5)
+    wake.wake_after_publish()  # the promise has run out: ring again
+    assert wake.wait_for_ring(0.2) is True
+
+
+def test_only_the_listener_promises_and_letting_go_withdraws_the_promise(flush_redis) -> None:
+    assert wake.listen("a")
+    assert wake.promise("b", 5) is False
+    assert not store().exists(wake.PROMISE_KEY)
+
+    assert wake.promise("a", 5) is True
+    assert 0 < store().pttl(wake.PROMISE_KEY) <= 5000
+    wake.stop_listening("a")
+
+    assert not store().exists(wake.PROMISE_KEY)  # no more publishes learn it
+    wake.wake_after_publish()
+    assert store().exists(wake.WAKE_KEY)  # nobody listens: a task is queued
+
+
+def test_a_listener_keeps_its_promise_to_publishes_that_did_not_ring(
+    transactional_db,
+    flush_redis,
+    allow_loopback,
+    receiver: Receiver,
+    subscribe: Callable[..., Subscription],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No Celery worker runs here: only the listening drain can deliver, and after the burst nothing rings.
+    subscribe(receiver.url())
+    drainer, idle, handled = idle_drain(monkeypatch, linger=3, budget=20)
+    drainer.start()
+    assert idle.wait(10), "the drain never went idle"
+    for n in range(20):  # a stream: a claim finds several rows and the listener promises to look again
+        publish("order.created", {"id": n})
+    deadline = time.monotonic() + 10
+    while not store().exists(wake.PROMISE_KEY) and time.monotonic() < deadline:
+        publish("order.created", {"id": -1})
+    assert store().exists(wake.PROMISE_KEY), "a listener finding a stream of rows must promise to look again"
+    while wake._client().promised_until < time.monotonic() + 0.02 and time.monotonic() < deadline:
+        publish("order.created", {"id": -1})  # until this process has learned a promise with time left
+    store().delete(wake.DOORBELL_KEY)
+
+    last = publish("order.created", {"id": 99})
+
+    assert not store().exists(wake.DOORBELL_KEY), "the promise covered this publish: it must not ring"
+    wait_until_delivered(last.id)
+    assert drainer.is_alive(), "the listening drain must deliver it, not a new one"
+    drainer.join(timeout=20)
+    assert not Delivery.objects.exclude(status=Status.SUCCEEDED).exists()
+    assert handled == [Delivery.objects.count()]
+
+
+def test_a_drain_ending_before_its_promise_runs_out_hands_the_look_on(
+    transactional_db,
+    flush_redis,
+    allow_loopback,
+    receiver: Receiver,
+    subscribe: Callable[..., Subscription],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker, "PROMISE_SECONDS", 1.0)  # well past the drain's budget
+    subscribe(receiver.url())
+    for n in range(5):
+        publish("order.created", {"id": n})
+    store().delete(wake.WAKE_KEY)
+    drain = worker.Drain(budget=0.3, linger=3)
+    assert drain.become_listener()
+    original_claim = drain.claim_jobs
+
+    def claim_and_note(*args, **kwargs):
+        jobs = original_claim(*args, **kwargs)
+        if drain.promised_until:
+            claim_and_note.promised.append(drain.promised_until)
+        return jobs
+
+    claim_and_note.promised = []
+    drain.claim_jobs = claim_and_note
+
+    assert drain.run() == 5
+    ended = time.monotonic()
+
+    assert claim_and_note.promised, "the claim of five rows must have promised another look"
+    assert ended >= max(claim_and_note.promised)  # waited the promise out
+    assert store().exists(wake.WAKE_KEY)  # then asked for the next drain, which looks after it ran out
+
+
+def wait_until_delivered(event_id: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if Delivery.objects.filter(event_id=event_id, status=Status.SUCCEEDED).exists():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the delivery of {event_id} never succeeded")

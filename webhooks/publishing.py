@@ -10,7 +10,7 @@ from django.utils import timezone
 from config import metrics
 from config.db import planned_once
 from deliveries.fanout import INSERT_FANOUT_AFTER_EVENT_SQL, create_deliveries, fanout_after_event_params
-from deliveries.wake import wake
+from deliveries.wake import wake_after_publish
 from subscriptions import topics
 from subscriptions.models import Tenant
 from webhooks import correlation
@@ -219,7 +219,7 @@ def insert_in_one_statement(
     if receivers:
         # After the statement: outside a transaction on_commit runs at once, and a wake-up sent before the
         # insert let a drain claim too early, find nothing and wait for the next ring (latency, issue 6).
-        db.on_commit(wake)
+        db.on_commit(wake_after_publish)
     event._state.adding, event._state.db = False, db.alias
     return True
 
