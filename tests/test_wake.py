@@ -58,6 +58,17 @@ def idle_drain(
     return threading.Thread(target=run_drain), idle, handled
 
 
+def started_idle_drain(
+    monkeypatch: pytest.MonkeyPatch, subscribe: Callable[..., Subscription], receiver: Receiver
+) -> tuple[threading.Thread, list[int]]:
+    """A subscription to ``receiver``, and a drain (linger 3 s) started and already waiting for a ring."""
+    subscribe(receiver.url())
+    drainer, idle, handled = idle_drain(monkeypatch, linger=3, budget=20)
+    drainer.start()
+    assert idle.wait(10), "the drain never went idle"
+    return drainer, handled
+
+
 def test_a_lingering_drain_delivers_an_event_published_after_it_went_idle(
     transactional_db,
     flush_redis,
@@ -67,10 +78,7 @@ def test_a_lingering_drain_delivers_an_event_published_after_it_went_idle(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # No Celery worker runs here: only the drain that is already waiting can deliver the event.
-    subscribe(receiver.url())
-    drainer, idle, handled = idle_drain(monkeypatch, linger=3, budget=20)
-    drainer.start()
-    assert idle.wait(10), "the drain never went idle"
+    drainer, handled = started_idle_drain(monkeypatch, subscribe, receiver)
     event = publish("order.created", {"id": 1})
     assert not store().exists(wake.WAKE_KEY), "a drain was listening: the publish must queue no task"
     (got,) = receiver.wait_for(1, timeout=10)
@@ -232,10 +240,7 @@ def test_a_listener_keeps_its_promise_to_publishes_that_did_not_ring(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # No Celery worker runs here: only the listening drain can deliver, and after the burst nothing rings.
-    subscribe(receiver.url())
-    drainer, idle, handled = idle_drain(monkeypatch, linger=3, budget=20)
-    drainer.start()
-    assert idle.wait(10), "the drain never went idle"
+    drainer, handled = started_idle_drain(monkeypatch, subscribe, receiver)
     for n in range(20):  # a stream: a claim finds several rows and the listener promises to look again
         publish("order.created", {"id": n})
     deadline = time.monotonic() + 10
