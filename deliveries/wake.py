@@ -104,21 +104,16 @@ def _client() -> _Redis:
 def wake(help_wanted: bool = False) -> None:
     """Ask a worker to drain due deliveries; merges wake-ups while one is already queued or, unless
     ``help_wanted`` (more is due than one drain takes at a time), a drain is listening (with Redis)."""
-    from deliveries.tasks import drain
-
-    try:
-        if settings.REDIS_URL:
-            r = _client()
-            if r.ring.run(r.help_call if help_wanted else r.ring_call) != QUEUE:  # someone will look
-                return
-        drain.delay()
-    except Exception:  # the sweeper will find the rows; never fail a committed publish over a wake-up
-        logger.warning("could not wake a worker; the sweeper will pick the deliveries up", exc_info=True)
+    _wake(help_wanted=help_wanted, trust_promise=False)
 
 
 def wake_after_publish() -> None:
     """``wake()`` for rows that have just been committed: nothing to do while a listener's promise to look
     again covers this moment. A ring that finds a promise remembers when it runs out."""
+    _wake(help_wanted=False, trust_promise=True)
+
+
+def _wake(*, help_wanted: bool, trust_promise: bool) -> None:
     from deliveries.tasks import drain
 
     try:
@@ -126,11 +121,11 @@ def wake_after_publish() -> None:
             r = _client()
             # Taken before the ring: the promise's time left is counted from a moment at or after this one.
             now = time.monotonic()
-            if now < r.promised_until:
+            if trust_promise and now < r.promised_until:
                 return
-            reply = r.ring.run(r.ring_call)
-            if reply != QUEUE:
-                if isinstance(reply, int) and reply > 0:
+            reply = r.ring.run(r.help_call if help_wanted else r.ring_call)
+            if reply != QUEUE:  # someone will look
+                if trust_promise and isinstance(reply, int) and reply > 0:
                     r.promised_until = now + reply / 1000
                 return
         drain.delay()

@@ -58,8 +58,14 @@ def idle_drain(
     return threading.Thread(target=run_drain), idle, handled
 
 
-def started_idle_drain(
-    monkeypatch: pytest.MonkeyPatch, subscribe: Callable[..., Subscription], receiver: Receiver
+@pytest.fixture
+def waiting_drain(
+    transactional_db,
+    flush_redis,
+    allow_loopback,
+    receiver: Receiver,
+    subscribe: Callable[..., Subscription],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[threading.Thread, list[int]]:
     """A subscription to ``receiver``, and a drain (linger 3 s) started and already waiting for a ring."""
     subscribe(receiver.url())
@@ -70,15 +76,10 @@ def started_idle_drain(
 
 
 def test_a_lingering_drain_delivers_an_event_published_after_it_went_idle(
-    transactional_db,
-    flush_redis,
-    allow_loopback,
-    receiver: Receiver,
-    subscribe: Callable[..., Subscription],
-    monkeypatch: pytest.MonkeyPatch,
+    waiting_drain: tuple[threading.Thread, list[int]], receiver: Receiver
 ) -> None:
     # No Celery worker runs here: only the drain that is already waiting can deliver the event.
-    drainer, handled = started_idle_drain(monkeypatch, subscribe, receiver)
+    drainer, handled = waiting_drain
     event = publish("order.created", {"id": 1})
     assert not store().exists(wake.WAKE_KEY), "a drain was listening: the publish must queue no task"
     (got,) = receiver.wait_for(1, timeout=10)
@@ -232,15 +233,10 @@ def test_only_the_listener_promises_and_letting_go_withdraws_the_promise(flush_r
 
 
 def test_a_listener_keeps_its_promise_to_publishes_that_did_not_ring(
-    transactional_db,
-    flush_redis,
-    allow_loopback,
-    receiver: Receiver,
-    subscribe: Callable[..., Subscription],
-    monkeypatch: pytest.MonkeyPatch,
+    waiting_drain: tuple[threading.Thread, list[int]],
 ) -> None:
     # No Celery worker runs here: only the listening drain can deliver, and after the burst nothing rings.
-    drainer, handled = started_idle_drain(monkeypatch, subscribe, receiver)
+    drainer, handled = waiting_drain
     for n in range(20):  # a stream: a claim finds several rows and the listener promises to look again
         publish("order.created", {"id": n})
     deadline = time.monotonic() + 10
