@@ -171,10 +171,12 @@ def flush_redis() -> Callable[[], None]:
     import redis
 
     def flush() -> None:
+        from config import ratelimit
         from deliveries import wake
 
         redis.Redis.from_url(settings.REDIS_URL).flushdb()
         wake._client().promised_until = 0.0  # a listener's promise this process learned went with the data
+        ratelimit.counter.forget_batches()  # and the counts it took
 
     flush()
     return flush

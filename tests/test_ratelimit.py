@@ -30,7 +30,8 @@ ELSEWHERE = "203.0.113.7"
 
 @pytest.fixture(autouse=True)
 def counts_start_at_zero() -> None:
-    """Counts outlive a test (in Redis, or in this process's cache): every test here starts from none."""
+    """Counts outlive a test (in Redis, in this process's cache or its batches): every test here starts from none."""
+    ratelimit.counter.forget_batches()
     if settings.REDIS_URL:
         store = redis.Redis.from_url(settings.REDIS_URL)
         for key in store.scan_iter("hookrelay:rl:*"):
@@ -152,6 +153,73 @@ def test_the_limit_resets_when_the_window_ends(settings: Any, platform_api: Api)
     assert again.status_code == 200
     assert again["X-RateLimit-Remaining"] == "2"
     assert int(again["X-RateLimit-Reset"]) > reset
+
+
+# --- Counts taken a batch at a time ---
+
+
+def client_count_key(api: Api, window: int) -> str:
+    """The Redis key counting ``api``'s requests in the current window of ``window`` seconds."""
+    from oauth2_provider.models import Application
+
+    application = Application.objects.get(client_id=api.client_id)
+    return f"hookrelay:rl:client:{application.pk}:{window}:{int(time.time()) // window}"
+
+
+@pytest.mark.services
+def test_under_a_generous_limit_a_process_takes_its_counts_from_redis_a_batch_at_a_time(
+    settings: Any, platform_api: Api
+) -> None:
+    settings.API_RATE_LIMIT = "8192/hour"  # batches of 32
+    wait_for_window_room(HOUR, 30)
+    store = redis.Redis.from_url(settings.REDIS_URL)
+
+    responses = [platform_api.get("/api/v1/subscriptions/") for _ in range(40)]
+
+    assert [r.status_code for r in responses] == [200] * 40
+    # Numbered as if counted one by one ...
+    assert [int(r["X-RateLimit-Remaining"]) for r in responses] == list(range(8191, 8151, -1))
+    # ... from two calls to Redis, each taking 32 counts.
+    assert int(store.get(client_count_key(platform_api, HOUR))) == 64
+
+
+@pytest.mark.services
+def test_near_the_limit_counts_are_taken_one_at_a_time_and_the_limit_is_reached_exactly(
+    settings: Any, platform_api: Api
+) -> None:
+    settings.API_RATE_LIMIT = "8192/hour"
+    wait_for_window_room(HOUR, 30)
+    store = redis.Redis.from_url(settings.REDIS_URL)
+    key = client_count_key(platform_api, HOUR)
+    store.set(key, 8192 - 100, ex=HOUR)  # other processes have counted all but 100
+
+    responses = [platform_api.get("/api/v1/subscriptions/") for _ in range(101)]
+
+    assert [r.status_code for r in responses] == [200] * 100 + [429]
+    assert [r["X-RateLimit-Remaining"] for r in responses] == [str(left) for left in range(99, -1, -1)] + ["0"]
+    assert int(store.get(key)) == 8193  # one count per request: none left unused in this process
+
+
+@pytest.mark.services
+def test_processes_taking_batches_hand_out_every_count_under_the_limit_exactly_once(settings: Any) -> None:
+    wait_for_window_room(HOUR, 30)
+    processes = [ratelimit.Counter(), ratelimit.Counter(), ratelimit.Counter()]
+    rate = Rate(4096, HOUR)  # batches of 16, single counts in the last 128
+    assert ratelimit.Counter.batch(rate) == 16
+
+    decisions = [processes[i % 7 % 3].hit("client:shared", rate) for i in range(4200)]
+
+    allowed = [d for d in decisions if d.allowed]
+    assert sorted(d.remaining for d in allowed) == list(range(4096))
+    assert {d.remaining for d in decisions if not d.allowed} == {0}
+    window_index = int(time.time()) // HOUR
+    counted = redis.Redis.from_url(settings.REDIS_URL).get(f"hookrelay:rl:client:shared:{HOUR}:{window_index}")
+    assert int(counted) == 4200  # every count taken was used
+
+
+@pytest.mark.parametrize(("limit", "batch"), [(1, 1), (511, 1), (512, 2), (1000, 3), (8192, 32), (10**8, 32)])
+def test_a_batch_is_at_most_a_256th_of_the_limit_and_32_counts(limit: int, batch: int) -> None:
+    assert ratelimit.Counter.batch(Rate(limit, 60)) == batch
 
 
 # --- Who is counted ---
@@ -406,6 +474,21 @@ def test_two_web_processes_share_one_limit(servers: Servers, platform_api: Api) 
 
     assert [r.status_code for r in responses] == [200] * 6 + [429] * 2
     assert [r.headers["X-RateLimit-Remaining"] for r in responses] == ["5", "4", "3", "2", "1", "0", "0", "0"]
+
+
+@pytest.mark.services
+def test_two_web_processes_taking_batches_never_give_out_a_count_twice(servers: Servers, platform_api: Api) -> None:
+    one = servers.web(API_RATE_LIMIT="2048/hour")  # batches of 8
+    two = servers.web(API_RATE_LIMIT="2048/hour")
+    wait_for_window_room(HOUR, 60)
+
+    responses = [get(web, platform_api) for web in (one, two) * 12]
+
+    assert [r.status_code for r in responses] == [200] * 24
+    remaining = [int(r.headers["X-RateLimit-Remaining"]) for r in responses]
+    assert len(set(remaining)) == 24 and min(remaining) >= 2048 - 32
+    # 12 requests in each process: two batches of 8 each, so four calls to Redis in all.
+    assert int(redis.Redis.from_url(settings.REDIS_URL).get(client_count_key(platform_api, HOUR))) == 32
 
 
 @pytest.mark.services
