@@ -98,11 +98,11 @@ MIDDLEWARE = [
     "webhooks.correlation.CorrelationIdMiddleware",
     "config.versioning.DeprecationMiddleware",
     "config.ratelimit.RateLimitMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "config.browser.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "config.browser.AuthenticationMiddleware",
+    "config.browser.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
