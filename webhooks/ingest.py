@@ -26,6 +26,8 @@ PLAIN_ACCEPT = frozenset([None, "*/*", "application/json"])
 # As the DRF view answers a 202: the headers APIView and its renderer add.
 HEADERS = {"Vary": "Accept", "Allow": "POST, OPTIONS"}
 RENDERER = JSONRenderer()
+# Its representation only, without a serializer instance and its ``data`` per request (issue 6).
+REPRESENTATION = EventSerializer()
 
 
 def publish_plainly(request: HttpRequest) -> HttpResponse | None:
@@ -59,7 +61,7 @@ def publish_plainly(request: HttpRequest) -> HttpResponse | None:
     )
     if event is None:
         return None
-    body = RENDERER.render(EventSerializer(event).data)
+    body = RENDERER.render(REPRESENTATION.to_representation(event))
     return HttpResponse(body, status=202, content_type="application/json", headers=HEADERS)
 
 
