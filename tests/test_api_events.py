@@ -579,3 +579,15 @@ def test_a_wrong_method_is_a_json_405(acme_api: Api, method: str, path: str) -> 
     assert response["Content-Type"].startswith("application/json")
     assert isinstance(response.json()["detail"], str)
     assert not Event.objects.exists()
+
+
+def test_an_events_created_at_is_given_in_utc_whatever_time_zone_is_active(db: None) -> None:
+    from webhooks.serializers import EventSerializer
+
+    event = publish("order.created", {"n": 1})
+
+    with timezone.override("Asia/Tokyo"):
+        shown = EventSerializer(event).data["created_at"]
+
+    assert shown.endswith("Z")
+    assert datetime.fromisoformat(shown) == event.created_at

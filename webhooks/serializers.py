@@ -1,3 +1,5 @@
+from datetime import UTC
+
 from rest_framework import serializers
 
 from subscriptions import topics, validation
@@ -68,7 +70,8 @@ class EventSerializer(serializers.ModelSerializer):
         }
 
 
-CREATED_AT = serializers.DateTimeField()
+# In UTC, as the contract says, not the current time zone: looking that up was most of a representation.
+CREATED_AT = serializers.DateTimeField(default_timezone=UTC)
 
 
 class EventTypeSerializer(serializers.Serializer):
