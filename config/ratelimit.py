@@ -12,6 +12,7 @@ client: the batch is at most 1/256 of the limit and single counts are taken near
 happen to counts taken early and left in a process that stopped getting the client's requests.
 """
 
+import functools
 import hashlib
 import logging
 import math
@@ -61,6 +62,7 @@ class Rate:
         return f"{self.limit} requests per {self.window} s"
 
 
+@functools.lru_cache(maxsize=256)  # read on every API request, from a setting or a client's override
 def parse_rate(text: str) -> Rate:
     match = RATE.match(text.lower())
     if not match or match.group(2) not in UNITS or int(match.group(1)) < 1:
