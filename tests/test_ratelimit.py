@@ -217,6 +217,26 @@ def test_processes_taking_batches_hand_out_every_count_under_the_limit_exactly_o
     assert int(counted) == 4200  # every count taken was used
 
 
+@pytest.mark.services
+def test_threads_of_one_process_that_run_out_together_take_one_batch_between_them(settings: Any) -> None:
+    wait_for_window_room(HOUR, 30)
+    counter = ratelimit.Counter()
+    rate = Rate(8192, HOUR)  # batches of 32
+    start = threading.Barrier(8)
+
+    def hits(_: int) -> list[int]:
+        start.wait(timeout=30)
+        return [counter.hit("client:threads", rate).remaining for _ in range(100)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        remaining = [left for one in pool.map(hits, range(8)) for left in one]
+
+    assert sorted(remaining) == list(range(8192 - 800, 8192))
+    window_index = int(time.time()) // HOUR
+    counted = redis.Redis.from_url(settings.REDIS_URL).get(f"hookrelay:rl:client:threads:{HOUR}:{window_index}")
+    assert int(counted) == 800  # 25 batches: none taken while another thread was taking one
+
+
 @pytest.mark.parametrize(("limit", "batch"), [(1, 1), (511, 1), (512, 2), (1000, 3), (8192, 32), (10**8, 32)])
 def test_a_batch_is_at_most_a_256th_of_the_limit_and_32_counts(limit: int, batch: int) -> None:
     assert ratelimit.Counter.batch(Rate(limit, 60)) == batch
