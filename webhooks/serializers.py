@@ -70,7 +70,7 @@ class EventSerializer(serializers.ModelSerializer):
         }
 
 
-# In UTC, as the contract says, not the current time zone: looking that up was most of a representation.
+# In UTC, as the contract says, not the current time zone: looking that up was half of a representation.
 CREATED_AT = serializers.DateTimeField(default_timezone=UTC)
 
 
