@@ -70,13 +70,13 @@ def publish_if(
     correlation_id: str,
 ) -> Event | None:
     """``publish()`` without an idempotency key, on condition that the SQL ``condition`` (with its named
-    parameters) holds in the insert's own snapshot; PostgreSQL only.
+    parameters) holds in the insert's own snapshot; PostgreSQL only. The type and data are those that
+    ``plainly_valid_event`` accepted: its checks include ``check_event``'s, which is not run twice.
 
     Returns None, having written nothing, when the condition fails, when the tenant's subscriptions changed
     since this process last read them, or when it has not read them yet: the caller then takes its ordinary
     path, which reads them (so the next call can insert in one statement).
     """
-    check_event(event_type, data)
     known = known_candidates(tenant.pk if tenant else None)
     if known is None or connection.vendor != "postgresql":
         return None
