@@ -6,6 +6,7 @@ of them run on this machine, so they share one clock.
 """
 
 import json
+import os
 import selectors
 import signal
 import statistics
@@ -407,6 +408,41 @@ def finish_publishers(publishers: list[subprocess.Popen], timeout: float) -> lis
     return results
 
 
+class CpuByRole:
+    """CPU seconds from now to ``taken()`` of each part of the stack, and of the whole machine: where the
+    end to end run's CPU goes, and whether the machine had any to spare (issue 6)."""
+
+    ROLES = ("publishers", "worker", "postgres_redis", "sink")
+
+    def __init__(self, ctx: Context, worker: stack.Worker) -> None:
+        self.ctx, self.worker = ctx, worker
+        self.worker_before = worker.cpu_seconds()
+        self.services_before = stack.processes_cpu({"postgres", "redis-server"})
+        self.sink_before = ctx.sink.cpu_seconds()
+        self.machine_before = stack.machine_cpu()
+        self.started = time.monotonic()
+
+    def taken(self, *, publishers: float) -> dict[str, float]:
+        """``publishers``: what the publisher processes report of their own (they have exited by now)."""
+        elapsed = time.monotonic() - self.started
+        taken = {
+            "publishers": publishers,
+            "worker": self.worker.cpu_seconds() - self.worker_before,
+            "postgres_redis": stack.cpu_delta(self.services_before, stack.processes_cpu({"postgres", "redis-server"})),
+            "sink": self.ctx.sink.cpu_seconds() - self.sink_before,
+            "machine": stack.machine_cpu() - self.machine_before,
+            "machine_available": elapsed * (os.cpu_count() or 1),
+        }
+        return {role: round(seconds, 3) for role, seconds in taken.items()}
+
+
+def describe_cpu(seconds: dict[str, float], deliveries: int) -> str:
+    per_1000 = {role: seconds[role] / deliveries * 1000 for role in CpuByRole.ROLES}
+    busy = seconds["machine"] / seconds["machine_available"] if seconds["machine_available"] else 0.0
+    parts = ", ".join(f"{role.replace('_', '+')} {value:.2f} s" for role, value in per_1000.items())
+    return f"{parts}; the machine was busy {busy:.0%} of the time"
+
+
 def end_to_end(ctx: Context, profile: bool = False) -> Outcome:
     """N events through publish() by several publisher processes while the workers run: deliveries/s from
     the first publish to the last recorded success. With ``profile``, py-spy samples the worker tree and
@@ -429,10 +465,12 @@ def end_to_end(ctx: Context, profile: bool = False) -> Outcome:
             if profile
             else {}
         )
+        cpu = CpuByRole(ctx, worker)
         go(publishers, time.time())
         reached = wait_for_sink(ctx, n, ctx.sizes.e2e_cap)
         published = finish_publishers(publishers, 60)
         stats = wait_for_db(n, 30 if reached else 0, event_type="bench.e2e")
+        cpu_by_role = cpu.taken(publishers=sum(result["cpu_s"] for result in published))
         profiles = {name: str(profiler.stop()) for name, profiler in profilers.items()}
     finally:
         for publisher in publishers:
@@ -448,6 +486,8 @@ def end_to_end(ctx: Context, profile: bool = False) -> Outcome:
     complete = done == n and len(ids) == n
     problems = failures(stats, "end to end") + problems
     published_window = created[-1].timestamp() - start if len(created) > 1 else None
+    if done:
+        ctx.say(f"end to end: CPU per 1,000 deliveries {describe_cpu(cpu_by_role, done)}")
     return Outcome(
         {"end_to_end_per_s": round(done / max(1e-6, last - start), 1)},
         complete,
@@ -459,6 +499,7 @@ def end_to_end(ctx: Context, profile: bool = False) -> Outcome:
             "elapsed_s": round(last - start, 3),
             "publish_per_s": round(len(created) / published_window, 1) if published_window else None,
             "publishers": published,
+            "cpu_s": cpu_by_role,
             "profiles": profiles,
             **arrivals,
         },

@@ -355,6 +355,13 @@ def processes_cpu(names: set[str]) -> dict[int, float]:
     return found
 
 
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has spent busy (every core, every process, the kernel's too)."""
+    times = psutil.cpu_times()
+    # Linux counts a guest's time in user and nice already; idle, I/O wait and steal are not ours.
+    return times.user + times.nice + times.system + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+
+
 def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(after[pid] - before.get(pid, 0.0) for pid in after)
 

@@ -50,6 +50,13 @@ def test_quick_benchmark_delivers_everything(tmp_path):
     drain = report["runs"]["throughput"]["runs"][0]["drain"]
     assert drain["succeeded"] == drain["deliveries"] and drain["missing"] == 0
     assert report["runs"]["ingest"]["runs"][0]["statuses"] == {"202": report["sizes"]["ingest_max"]}
+    # Where the end to end run's CPU went: every part of the stack took some, the machine at least their sum.
+    cpu = report["runs"]["throughput"]["runs"][0]["end_to_end"]["cpu_s"]
+    parts = [cpu["publishers"], cpu["worker"], cpu["postgres_redis"], cpu["sink"]]
+    assert all(seconds > 0 for seconds in parts), cpu
+    # Process and machine times count in clock ticks: a few of them apart at most.
+    assert sum(parts) <= cpu["machine"] + 0.25 and cpu["machine"] <= cpu["machine_available"] + 0.25, cpu
+    assert "end to end: CPU per 1,000 deliveries publishers" in result.stdout
     # The machine's pace is measured around the runs, so figures from two machines can be compared.
     assert report["environment"]["reference_loop_ms_before"] > 0
     assert report["environment"]["reference_loop_ms_after"] > 0
