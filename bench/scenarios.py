@@ -7,11 +7,13 @@ of them run on this machine, so they share one clock.
 
 import json
 import os
+import resource
 import selectors
 import signal
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -409,38 +411,46 @@ def finish_publishers(publishers: list[subprocess.Popen], timeout: float) -> lis
 
 
 class CpuByRole:
-    """CPU seconds from now to ``taken()`` of each part of the stack, and of the whole machine: where the
-    end to end run's CPU goes, and whether the machine had any to spare (issue 6)."""
+    """CPU seconds from now to ``taken()`` of each part of the stack (``parts``: role -> a reading of its
+    CPU seconds so far), of PostgreSQL and Redis, and of the whole machine: where a run's CPU goes, and
+    whether the machine had any to spare (issue 6)."""
 
-    ROLES = ("publishers", "worker", "postgres_redis", "sink")
+    MACHINE = ("machine", "machine_available")
 
-    def __init__(self, ctx: Context, worker: stack.Worker) -> None:
-        self.ctx, self.worker = ctx, worker
-        self.worker_before = worker.cpu_seconds()
+    def __init__(self, **parts: Callable[[], float]) -> None:
+        self.parts = parts
+        self.before = {role: read() for role, read in parts.items()}
         self.services_before = stack.processes_cpu({"postgres", "redis-server"})
-        self.sink_before = ctx.sink.cpu_seconds()
         self.machine_before = stack.machine_cpu()
         self.started = time.monotonic()
 
-    def taken(self, *, publishers: float) -> dict[str, float]:
-        """``publishers``: what the publisher processes report of their own (they have exited by now)."""
+    def taken(self, **reported: float) -> dict[str, float]:
+        """``reported``: CPU seconds of parts that have exited by now, as they reported them."""
         elapsed = time.monotonic() - self.started
-        taken = {
-            "publishers": publishers,
-            "worker": self.worker.cpu_seconds() - self.worker_before,
-            "postgres_redis": stack.cpu_delta(self.services_before, stack.processes_cpu({"postgres", "redis-server"})),
-            "sink": self.ctx.sink.cpu_seconds() - self.sink_before,
-            "machine": stack.machine_cpu() - self.machine_before,
-            "machine_available": elapsed * (os.cpu_count() or 1),
-        }
+        taken = reported | {role: read() - self.before[role] for role, read in self.parts.items()}
+        taken["postgres_redis"] = stack.cpu_delta(
+            self.services_before, stack.processes_cpu({"postgres", "redis-server"})
+        )
+        taken["machine"] = stack.machine_cpu() - self.machine_before
+        taken["machine_available"] = elapsed * (os.cpu_count() or 1)
         return {role: round(seconds, 3) for role, seconds in taken.items()}
 
 
-def describe_cpu(seconds: dict[str, float], deliveries: int) -> str:
-    per_1000 = {role: seconds[role] / deliveries * 1000 for role in CpuByRole.ROLES}
+def describe_cpu(seconds: dict[str, float], count: int) -> str:
+    """``seconds`` from ``CpuByRole.taken()`` per 1,000 of ``count`` (deliveries, requests)."""
+    parts = ", ".join(
+        f"{role.replace('_', '+')} {value / count * 1000:.2f} s"
+        for role, value in seconds.items()
+        if role not in CpuByRole.MACHINE
+    )
     busy = seconds["machine"] / seconds["machine_available"] if seconds["machine_available"] else 0.0
-    parts = ", ".join(f"{role.replace('_', '+')} {value:.2f} s" for role, value in per_1000.items())
     return f"{parts}; the machine was busy {busy:.0%} of the time"
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have exited and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def end_to_end(ctx: Context, profile: bool = False) -> Outcome:
@@ -465,7 +475,7 @@ def end_to_end(ctx: Context, profile: bool = False) -> Outcome:
             if profile
             else {}
         )
-        cpu = CpuByRole(ctx, worker)
+        cpu = CpuByRole(worker=worker.cpu_seconds, sink=ctx.sink.cpu_seconds)
         go(publishers, time.time())
         reached = wait_for_sink(ctx, n, ctx.sizes.e2e_cap)
         published = finish_publishers(publishers, 60)
@@ -754,6 +764,7 @@ def ingest(ctx: Context, profile: bool = False) -> Outcome:
             raise stack.StackError(f"token request answered {response.status}: {body[:300]!r}")
         token = json.loads(body)["access_token"]
         cpu_before = web.cpu_seconds()
+        cpu = CpuByRole(gunicorn=web.cpu_seconds, loadgen=children_cpu)
         profiler = Profiler(ctx, web.process.pid, "ingest") if profile else None
         load = subprocess.run(
             [stack.PYTHON, "-m", "bench.loadgen", "--port", str(web.port), "--token", token]
@@ -766,6 +777,7 @@ def ingest(ctx: Context, profile: bool = False) -> Outcome:
             timeout=sizes.ingest_seconds + sizes.ingest_warmup + 120,
         )
         web_cpu = web.cpu_seconds() - cpu_before
+        cpu_by_role = cpu.taken()
         folded = profiler.stop() if profiler else None
     finally:
         web.stop()
@@ -782,6 +794,8 @@ def ingest(ctx: Context, profile: bool = False) -> Outcome:
     if events != accepted or deliveries != accepted:
         problems.append(f"ingest: {accepted} accepted, but {events} events and {deliveries} pending deliveries stored")
     measured = result["measured_requests"]
+    if result["requests"]:
+        ctx.say(f"ingest: CPU per 1,000 requests {describe_cpu(cpu_by_role, result['requests'])}")
     return Outcome(
         {"requests_per_s": result["requests_per_s"] if measured else None},
         not problems,
@@ -790,6 +804,7 @@ def ingest(ctx: Context, profile: bool = False) -> Outcome:
             **result,
             "gunicorn_workers": 2,
             "gunicorn_cpu_s": round(web_cpu, 3),
+            "cpu_s": cpu_by_role,
             "events_stored": events,
             "profiles": {"ingest": str(folded)} if folded else {},
         },

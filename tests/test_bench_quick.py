@@ -57,6 +57,9 @@ def test_quick_benchmark_delivers_everything(tmp_path):
     # Process and machine times count in clock ticks: a few of them apart at most.
     assert sum(parts) <= cpu["machine"] + 0.25 and cpu["machine"] <= cpu["machine_available"] + 0.25, cpu
     assert "end to end: CPU per 1,000 deliveries publishers" in result.stdout
+    cpu = report["runs"]["ingest"]["runs"][0]["cpu_s"]
+    assert all(cpu[part] > 0 for part in ("gunicorn", "loadgen", "postgres_redis")), cpu
+    assert "ingest: CPU per 1,000 requests" in result.stdout
     # The machine's pace is measured around the runs, so figures from two machines can be compared.
     assert report["environment"]["reference_loop_ms_before"] > 0
     assert report["environment"]["reference_loop_ms_after"] > 0
