@@ -324,15 +324,11 @@ def drain(ctx: Context, profile: bool = False) -> Outcome:
     worker = stack.Worker(ctx.config, "drain")
     try:
         worker.wait_ready()
-        cpu_before = worker.cpu_seconds()
-        others_before = stack.processes_cpu({"postgres", "redis-server"})
-        sink_before = ctx.sink.cpu_seconds()
+        cpu = CpuByRole(worker=worker.cpu_seconds, sink=ctx.sink.cpu_seconds)
         profiler = Profiler(ctx, worker.process.pid, "drain") if profile else None
         reached = wait_for_sink(ctx, n, ctx.sizes.drain_cap)
         stats = wait_for_db(n, 30 if reached else 0)
-        cpu = worker.cpu_seconds() - cpu_before
-        others = stack.cpu_delta(others_before, stack.processes_cpu({"postgres", "redis-server"}))
-        sink_cpu = ctx.sink.cpu_seconds() - sink_before
+        taken = cpu.taken()
         folded = profiler.stop() if profiler else None
     finally:
         worker.stop()
@@ -345,7 +341,7 @@ def drain(ctx: Context, profile: bool = False) -> Outcome:
     problems = failures(stats, "drain") + problems
     metrics = {
         "drain_per_s": round(done / elapsed, 1) if elapsed else 0.0,
-        "cpu_s_per_1000": round(cpu / done * 1000, 4) if done else None,
+        "cpu_s_per_1000": round(taken["worker"] / done * 1000, 4) if done else None,
     }
     return Outcome(
         metrics,
@@ -358,9 +354,9 @@ def drain(ctx: Context, profile: bool = False) -> Outcome:
             "elapsed_s": round(elapsed, 3) if elapsed else None,
             "worker_ready_s": round(worker.ready_at - launched, 3) if worker.ready_at else None,
             "pickup_s": round(first - worker.ready_at, 3) if first and worker.ready_at else None,
-            "worker_cpu_s": round(cpu, 3),
-            "postgres_redis_cpu_s": round(others, 3),
-            "sink_cpu_s": round(sink_cpu, 3),
+            "worker_cpu_s": taken["worker"],
+            "postgres_redis_cpu_s": taken["postgres_redis"],
+            "sink_cpu_s": taken["sink"],
             "profiles": {"drain": str(folded)} if folded else {},
             **arrivals,
         },
@@ -763,7 +759,6 @@ def ingest(ctx: Context, profile: bool = False) -> Outcome:
         if response.status != 200:
             raise stack.StackError(f"token request answered {response.status}: {body[:300]!r}")
         token = json.loads(body)["access_token"]
-        cpu_before = web.cpu_seconds()
         cpu = CpuByRole(gunicorn=web.cpu_seconds, loadgen=children_cpu)
         profiler = Profiler(ctx, web.process.pid, "ingest") if profile else None
         load = subprocess.run(
@@ -776,7 +771,6 @@ def ingest(ctx: Context, profile: bool = False) -> Outcome:
             text=True,
             timeout=sizes.ingest_seconds + sizes.ingest_warmup + 120,
         )
-        web_cpu = web.cpu_seconds() - cpu_before
         cpu_by_role = cpu.taken()
         folded = profiler.stop() if profiler else None
     finally:
@@ -803,7 +797,7 @@ def ingest(ctx: Context, profile: bool = False) -> Outcome:
         {
             **result,
             "gunicorn_workers": 2,
-            "gunicorn_cpu_s": round(web_cpu, 3),
+            "gunicorn_cpu_s": cpu_by_role["gunicorn"],
             "cpu_s": cpu_by_role,
             "events_stored": events,
             "profiles": {"ingest": str(folded)} if folded else {},
