@@ -291,6 +291,40 @@ def test_a_drain_ending_before_its_promise_runs_out_hands_the_look_on(
     assert store().exists(wake.WAKE_KEY)  # then asked for the next drain, which looks after it ran out
 
 
+def test_a_listener_gathers_longer_after_a_busy_claim_than_after_a_trickle(
+    transactional_db,
+    flush_redis,
+    allow_loopback,
+    receiver: Receiver,
+    subscribe: Callable[..., Subscription],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Waits far apart, so what the drain asks to sleep tells them apart however slow the machine.
+    monkeypatch.setattr(worker, "GATHER_SECONDS", 0.0)
+    monkeypatch.setattr(worker, "BUSY_GATHER_SECONDS", 30.0)
+    monkeypatch.setattr(worker, "PROMISE_SECONDS", 60.0)
+    subscribe(receiver.url())
+    for n in range(worker.BUSY_ROWS):
+        publish("order.created", {"id": n})
+    drain = worker.Drain(budget=120, linger=1)
+    assert drain.become_listener()
+    slept: list[float] = []
+    monkeypatch.setattr(worker.time, "sleep", slept.append)
+
+    assert len(drain.claim_jobs(100)) == worker.BUSY_ROWS
+    assert drain.promised_until, "a listener finding a stream of rows promises to look again"
+    assert drain.wait_for_work()
+    assert len(slept) == 1 and 20 < slept[0] <= 30, "after a busy claim the next look waits the longer gather"
+
+    publish("order.created", {"id": -1})
+    assert len(drain.claim_jobs(100)) == 1
+    slept.clear()
+    assert drain.wait_for_work()
+    assert slept == [], "after a claim of one row the next look comes at once (the short gather)"
+    worker._release_unsent(list(drain.queued))
+    drain.stop_listening()
+
+
 def wait_until_delivered(event_id: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
