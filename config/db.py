@@ -1,6 +1,7 @@
 """Cursors for the hot statements: PostgreSQL plans them once per connection, not at every run."""
 
 import functools
+import select
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -29,6 +30,14 @@ def planned_once(connection: BaseDatabaseWrapper | None = None) -> Iterator[Curs
             yield cursor
         return
     pg = connection.connection
+    if pg is not None and connection.health_check_enabled and not connection.health_check_done:
+        # Django's CONN_HEALTH_CHECKS guard its own cursors at a request's first use of the connection with
+        # a "SELECT 1" round trip; this cursor skips them, so it checks without one: a server that ended the
+        # session (restart, pg_terminate_backend, idle timeout) has said so on the idle socket.
+        connection.health_check_done = True
+        if hung_up(pg):
+            connection.close()
+            pg = None
     if pg is None:
         connection.ensure_connection()
         pg = connection.connection
@@ -52,6 +61,16 @@ def planned_once(connection: BaseDatabaseWrapper | None = None) -> Iterator[Curs
         yield cursor
     finally:
         connection.__dict__[KEPT] = cursor
+
+
+def hung_up(pg) -> bool:
+    """Whether an idle psycopg connection is closed, or its server has sent something unasked (the error
+    that ends a session, then end of file): one poll with no wait, no round trip."""
+    if pg.closed or pg.broken:
+        return True
+    poller = select.poll()
+    poller.register(pg.fileno(), select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
 
 
 class PreparedDebugWrapper(CursorDebugWrapper):

@@ -2,6 +2,7 @@
 confirms it, with the answer the DRF view gives; anything else, or a hint gone stale, goes through DRF."""
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -174,3 +175,43 @@ def test_events_posted_to_gunicorn_arrive_until_the_token_is_revoked(
     assert sorted(json.loads(request.body)["data"]["n"] for request in received) == [0, 1, 2, 3]
     assert refused.status_code == 401
     assert Event.objects.count() == 4
+
+
+def end_other_sessions() -> list[int]:
+    """As a PostgreSQL restart or an administrator would: end every session on the test database but ours."""
+    import psycopg
+
+    ours = connection.connection.info.backend_pid
+    with psycopg.connect(database_url(), autocommit=True) as admin:
+        others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> %s"
+        ended = [pid for (pid,) in admin.execute(f"SELECT pid {others}", [ours]).fetchall()]  # noqa: S608
+        admin.execute(f"SELECT pg_terminate_backend(pid) {others}", [ours])  # noqa: S608
+        deadline = time.monotonic() + 10
+        while admin.execute(f"SELECT count(*) {others}", [ours]).fetchone()[0] and time.monotonic() < deadline:  # noqa: S608
+            time.sleep(0.05)
+    return ended
+
+
+@pytest.mark.services
+def test_gunicorn_publishes_after_postgresql_ended_its_sessions(
+    transactional_db, servers: Servers, acme_api: Api
+) -> None:
+    # Django's CONN_HEALTH_CHECKS guard its own cursors at a request's first use of the connection; the
+    # one-statement path has a cursor of its own and must not answer 500 on a connection the server closed.
+    services = {"REDIS_URL": settings.REDIS_URL, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL}
+    web = servers.web(workers=1, threads=1, DATABASE_URL=database_url(), **services)
+    Subscription.objects.create(
+        url="https://hooks.example.com/a", events=["order.*"], tenant=Tenant.objects.get(slug="acme")
+    )
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {acme_api.token}"
+    for n in range(2):  # the first checks the token through DRF; the second takes the one-statement path
+        response = session.post(web.url(EVENTS), json={"type": "order.created", "data": {"n": n}}, timeout=30)
+        assert response.status_code == 202, response.text
+
+    assert end_other_sessions(), "gunicorn's connection must have been ended"
+    after = session.post(web.url(EVENTS), json={"type": "order.created", "data": {"n": 2}}, timeout=30)
+
+    assert after.status_code == 202, after.text
+    assert after.json()["deliveries"] == 1
+    assert sorted(event.data["n"] for event in Event.objects.all()) == [0, 1, 2]
