@@ -13,6 +13,7 @@ from deliveries.models import Delivery, Status
 from subscriptions.models import Subscription
 from tests.receiver import Receiver, Reply
 from tests.test_engine_e2e import wait_until
+from tests.test_ingest import end_other_sessions
 from tests.test_wake import store
 from webhooks import publish
 
@@ -43,6 +44,25 @@ def test_a_killed_worker_and_a_wiped_redis_lose_no_delivery(start_worker, flush_
     duplicates = sum(count - 1 for count in received.values())
     assert duplicates <= in_flight, (duplicates, in_flight)
     wait_until(lambda: Delivery.objects.filter(status=Status.SUCCEEDED).count() == len(events))
+
+
+def test_postgresql_ending_the_workers_sessions_mid_stream_loses_no_delivery(start_worker, receiver: Receiver) -> None:
+    # A restart of PostgreSQL, a failover or an administrator ends every session: claims and records fail
+    # mid-drain, and the rows they held come back when their leases end.
+    receiver.reply = lambda request: Reply(delay=0.02)  # sends in flight when the sessions end
+    Subscription.objects.create(url=receiver.url(), events=["#"])
+    # Leases of 5 + 2 s: rows claimed by a drain that failed come back within seconds, and the receiver,
+    # answering one request at a time, never takes a timeout's length (a failed attempt waits a minute).
+    start_worker(WEBHOOK_TIMEOUT="5", WEBHOOK_LEASE_MARGIN="2", WEBHOOK_BATCH_SIZE="20")
+    events = [publish("order.created", {"n": n}).id for n in range(200)]
+    receiver.wait_for(40, timeout=60)
+
+    assert end_other_sessions(), "the worker's sessions must have been ended"
+    events += [publish("order.created", {"n": n}).id for n in range(200, 220)]
+
+    wait_until(lambda: len({r.headers["webhook-id"] for r in receiver.requests}) == len(events), timeout=90)
+    assert {r.headers["webhook-id"] for r in receiver.requests} == set(events)
+    wait_until(lambda: Delivery.objects.filter(status=Status.SUCCEEDED).count() == len(events), timeout=60)
 
 
 def test_a_killed_listener_costs_latency_not_the_delivery(start_worker, flush_redis, receiver: Receiver) -> None:
