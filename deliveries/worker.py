@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from queue import Empty, SimpleQueue
 
 from django.conf import settings
-from django.db import DatabaseError, connection, models, transaction
+from django.db import DatabaseError, OperationalError, connection, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -89,11 +89,16 @@ RECORD_SQL_POSTGRESQL = (
     "(SELECT %(pending)s::varchar AS was) AS expected), "
     "attempts AS (INSERT INTO deliveries_attempt (delivery_id, number, started_at, duration_ms, status_code, error, "
     "response_body, success) SELECT id, number, started_at, duration_ms, status_code, error, response_body, success "
-    "FROM v) "
+    "FROM v{on_conflict}) "
     "UPDATE deliveries_delivery AS d SET status = v.status, next_attempt_at = v.next_attempt_at, "
     "completed_at = v.completed_at, failures = v.failures, last_error = v.error, last_status_code = v.status_code "
     "FROM v WHERE d.id = v.id AND d.attempt_count = v.number AND d.status = v.was RETURNING d.id"
 )
+# The same batch again on a new connection, after the last one broke: the first statement may have committed
+# before the error reached us, so attempts already there are skipped, and the update's guard (that attempt's
+# number, still pending) changes no delivery twice.
+RECORD_AGAIN_SQL_POSTGRESQL = RECORD_SQL_POSTGRESQL.format(on_conflict=" ON CONFLICT (delivery_id, number) DO NOTHING")
+RECORD_SQL_POSTGRESQL = RECORD_SQL_POSTGRESQL.format(on_conflict="")
 CLAIM_SQL_SQLITE = (
     "UPDATE deliveries_delivery SET next_attempt_at = %(lease_until)s, attempt_count = attempt_count + 1 "
     "WHERE id IN (SELECT id FROM deliveries_delivery WHERE status = %(pending)s AND next_attempt_at <= %(now)s "
@@ -819,9 +824,32 @@ def _record_postgresql(jobs: list[Job]) -> set[str]:
             result.success,
         )
         rows.append(dict(zip(RECORD_COLUMNS, values, strict=True)))
+    params = {"rows": json.dumps(rows), "pending": Status.PENDING.value}
+    try:
+        return _recorded(RECORD_SQL_POSTGRESQL, params)
+    except OperationalError:
+        # PostgreSQL ended the session (a restart, a failover, pg_terminate_backend). These sends happened:
+        # recorded on a new connection they are not sent again when their leases run out.
+        if not _reconnected():
+            raise
+        logger.warning("lost the database connection while recording %d attempts; recorded on a new one", len(jobs))
+        return _recorded(RECORD_AGAIN_SQL_POSTGRESQL, params)
+
+
+def _recorded(sql: str, params: dict) -> set[str]:
     with planned_once() as cursor:
-        cursor.execute(RECORD_SQL_POSTGRESQL, {"rows": json.dumps(rows), "pending": Status.PENDING.value})
+        cursor.execute(sql, params)
         return {pk for (pk,) in cursor.fetchall()}
+
+
+def _reconnected() -> bool:
+    """After a database error: a new connection if the one we had no longer works (True), else False. Not
+    inside a transaction, whose work went with the old connection."""
+    if connection.in_atomic_block or connection.is_usable():
+        return False
+    connection.close()
+    connection.ensure_connection()
+    return True
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -177,17 +177,19 @@ def test_events_posted_to_gunicorn_arrive_until_the_token_is_revoked(
     assert Event.objects.count() == 4
 
 
-def end_other_sessions() -> list[int]:
-    """As a PostgreSQL restart or an administrator would: end every session on the test database but ours."""
+def end_other_sessions(keep: int | None = -1) -> list[int]:
+    """As a PostgreSQL restart or an administrator would: end every session on the test database but ours
+    (``keep``: the backend pid of another session to spare; by default this thread's, None: none)."""
     import psycopg
 
-    ours = connection.connection.info.backend_pid
+    if keep == -1:
+        keep = connection.connection.info.backend_pid
     with psycopg.connect(database_url(), autocommit=True) as admin:
         others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> %s"
-        ended = [pid for (pid,) in admin.execute(f"SELECT pid {others}", [ours]).fetchall()]  # noqa: S608
-        admin.execute(f"SELECT pg_terminate_backend(pid) {others}", [ours])  # noqa: S608
+        ended = [pid for (pid,) in admin.execute(f"SELECT pid {others}", [keep or 0]).fetchall()]  # noqa: S608
+        admin.execute(f"SELECT pg_terminate_backend(pid) {others}", [keep or 0])  # noqa: S608
         deadline = time.monotonic() + 10
-        while admin.execute(f"SELECT count(*) {others}", [ours]).fetchone()[0] and time.monotonic() < deadline:  # noqa: S608
+        while admin.execute(f"SELECT count(*) {others}", [keep or 0]).fetchone()[0] and time.monotonic() < deadline:  # noqa: S608
             time.sleep(0.05)
     return ended
 

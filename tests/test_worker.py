@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -602,3 +603,38 @@ def test_a_drains_commits_skip_the_disk_flush_unless_configured_and_its_settings
         assert (show("enable_seqscan"), show("enable_bitmapscan")) == ("off", "off")
 
     assert {name: show(name) for name in before} == before
+
+
+# --- The database going away ---
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sends_are_recorded_on_a_new_connection_when_postgresql_ends_the_session_meanwhile(
+    receiver: Receiver, allow_loopback: None, subscribe: Callable[..., Subscription]
+) -> None:
+    # Recorded on the old connection they would fail, and their leases would send them all again.
+    from tests.test_ingest import end_other_sessions
+
+    subscribe(receiver.url())
+    events = [publish("order.created", {"id": n}) for n in range(3)]
+    drain_pid = connection.connection.info.backend_pid  # the drain below runs on this thread's connection
+    ended: list[int] = []
+    once = threading.Lock()  # the receiver answers on several threads at once
+
+    def end_the_drains_session(request) -> Reply:
+        with once:
+            if not ended:
+                ended.extend(end_other_sessions(keep=None))
+        return Reply()
+
+    receiver.reply = end_the_drains_session
+
+    assert drain(budget=5) == 3
+
+    assert ended == [drain_pid], "the drain's session must have ended while it was sending"
+    assert len(receiver.requests) == 3
+    for event in events:
+        delivery = delivery_of(event)
+        assert (delivery.status, delivery.attempt_count) == (Status.SUCCEEDED, 1)
+        assert [attempt.success for attempt in attempts_of(delivery)] == [True]
+    assert connection.connection.info.backend_pid != drain_pid
