@@ -167,9 +167,16 @@ def claim_deliveries(
         deliveries = Delivery.objects.filter(id__in=claimed).select_related("event", "subscription")
         return [(delivery, claimed[delivery.id]) for delivery in deliveries]
     sql, deliveries, events, subscriptions = _claim_loader()
-    with planned_once() as cursor:
-        cursor.execute(sql, _claim_params(limit, exclude, only))
-        claimed_rows, event_rows, subscription_rows = cursor.fetchone()
+    params = _claim_params(limit, exclude, only)
+    try:
+        claimed_rows, event_rows, subscription_rows = _fetched_one(sql, params)
+    except OperationalError:
+        # PostgreSQL ended the session: claim on a new connection. Rows a claim took just before the error
+        # (if it committed) come back when their leases run out, as a killed worker's do.
+        if not _reconnected():
+            raise
+        logger.warning("lost the database connection while claiming; claiming on a new one")
+        claimed_rows, event_rows, subscription_rows = _fetched_one(sql, params)
     if not claimed_rows:
         return []
     event_of = {event.pk: event for event in map(events.load, json.loads(event_rows))}
@@ -840,6 +847,12 @@ def _recorded(sql: str, params: dict) -> set[str]:
     with planned_once() as cursor:
         cursor.execute(sql, params)
         return {pk for (pk,) in cursor.fetchall()}
+
+
+def _fetched_one(sql: str, params: dict) -> tuple:
+    with planned_once() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
 
 
 def _reconnected() -> bool:

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from deliveries import actions, signals
 from deliveries.models import Attempt, Delivery, Status
-from deliveries.worker import claim, deliver_batch, drain, drain_session
+from deliveries.worker import claim, claim_deliveries, deliver_batch, drain, drain_session
 from subscriptions.models import Subscription
 from tests.conftest import reply_sequence
 from tests.receiver import Receiver, Reply
@@ -638,3 +638,20 @@ def test_sends_are_recorded_on_a_new_connection_when_postgresql_ends_the_session
         assert (delivery.status, delivery.attempt_count) == (Status.SUCCEEDED, 1)
         assert [attempt.success for attempt in attempts_of(delivery)] == [True]
     assert connection.connection.info.backend_pid != drain_pid
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_after_postgresql_ended_the_session_claims_on_a_new_connection(
+    subscribe: Callable[..., Subscription],
+) -> None:
+    from tests.test_ingest import end_other_sessions
+
+    subscribe("https://hooks.example.com/a")
+    events = {publish("order.created", {"id": n}).id for n in range(2)}
+    ended_pid = connection.connection.info.backend_pid
+    assert end_other_sessions(keep=None) == [ended_pid]
+
+    claimed = claim_deliveries(10)
+
+    assert {delivery.event_id for delivery, _ in claimed} == events
+    assert connection.connection.info.backend_pid != ended_pid
