@@ -47,8 +47,8 @@ def test_a_killed_worker_and_a_wiped_redis_lose_no_delivery(start_worker, flush_
 
 
 def test_postgresql_ending_the_workers_sessions_mid_stream_loses_no_delivery(start_worker, receiver: Receiver) -> None:
-    # A restart of PostgreSQL, a failover or an administrator ends every session: claims and records fail
-    # mid-drain, and the rows they held come back when their leases end.
+    # A restart of PostgreSQL, a failover or an administrator ends every session mid-drain: claims and records
+    # are made again on new connections, and rows a lost statement held come back when their leases end.
     receiver.reply = lambda request: Reply(delay=0.02)  # sends in flight when the sessions end
     Subscription.objects.create(url=receiver.url(), events=["#"])
     # Leases of 5 + 2 s: rows claimed by a drain that failed come back within seconds, and the receiver,
