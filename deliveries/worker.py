@@ -167,16 +167,8 @@ def claim_deliveries(
         deliveries = Delivery.objects.filter(id__in=claimed).select_related("event", "subscription")
         return [(delivery, claimed[delivery.id]) for delivery in deliveries]
     sql, deliveries, events, subscriptions = _claim_loader()
-    params = _claim_params(limit, exclude, only)
-    try:
-        claimed_rows, event_rows, subscription_rows = _fetched_one(sql, params)
-    except OperationalError:
-        # PostgreSQL ended the session: claim on a new connection. Rows a claim took just before the error
-        # (if it committed) come back when their leases run out, as a killed worker's do.
-        if not _reconnected():
-            raise
-        logger.warning("lost the database connection while claiming; claiming on a new one")
-        claimed_rows, event_rows, subscription_rows = _fetched_one(sql, params)
+    # Rows a claim lost with its connection took, if it committed, come back with their leases.
+    [(claimed_rows, event_rows, subscription_rows)] = _fetched("claiming", sql, _claim_params(limit, exclude, only))
     if not claimed_rows:
         return []
     event_of = {event.pk: event for event in map(events.load, json.loads(event_rows))}
@@ -831,28 +823,28 @@ def _record_postgresql(jobs: list[Job]) -> set[str]:
             result.success,
         )
         rows.append(dict(zip(RECORD_COLUMNS, values, strict=True)))
+    # These sends happened: recorded on a new connection if need be, they are not sent again by their leases.
     params = {"rows": json.dumps(rows), "pending": Status.PENDING.value}
+    doing = f"recording {len(jobs)} attempts"
+    return {pk for (pk,) in _fetched(doing, RECORD_SQL_POSTGRESQL, params, again=RECORD_AGAIN_SQL_POSTGRESQL)}
+
+
+def _fetched(doing: str, sql: str, params: dict, again: str | None = None) -> list[tuple]:
+    """The rows of a drain's statement. If PostgreSQL ended the session (a restart, a failover,
+    pg_terminate_backend), once more on a new connection (``again``, or the same statement)."""
     try:
-        return _recorded(RECORD_SQL_POSTGRESQL, params)
+        return _rows(sql, params)
     except OperationalError:
-        # PostgreSQL ended the session (a restart, a failover, pg_terminate_backend). These sends happened:
-        # recorded on a new connection they are not sent again when their leases run out.
         if not _reconnected():
             raise
-        logger.warning("lost the database connection while recording %d attempts; recorded on a new one", len(jobs))
-        return _recorded(RECORD_AGAIN_SQL_POSTGRESQL, params)
+        logger.warning("lost the database connection while %s; again on a new one", doing)
+        return _rows(again or sql, params)
 
 
-def _recorded(sql: str, params: dict) -> set[str]:
+def _rows(sql: str, params: dict) -> list[tuple]:
     with planned_once() as cursor:
         cursor.execute(sql, params)
-        return {pk for (pk,) in cursor.fetchall()}
-
-
-def _fetched_one(sql: str, params: dict) -> tuple:
-    with planned_once() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()
+        return cursor.fetchall()
 
 
 def _reconnected() -> bool:
