@@ -309,7 +309,15 @@ def test_a_listener_gathers_longer_after_a_busy_claim_than_after_a_trickle(
     drain = worker.Drain(budget=120, linger=1)
     assert drain.become_listener()
     slept: list[float] = []
-    monkeypatch.setattr(worker.time, "sleep", slept.append)
+    this_thread, real_sleep = threading.get_ident(), time.sleep
+
+    def sleep(seconds: float) -> None:  # time.sleep is the module's, shared with threads of other tests
+        if threading.get_ident() == this_thread:
+            slept.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(worker.time, "sleep", sleep)
 
     assert len(drain.claim_jobs(100)) == worker.BUSY_ROWS
     assert drain.promised_until, "a listener finding a stream of rows promises to look again"
