@@ -631,7 +631,7 @@ def test_sends_are_recorded_on_a_new_connection_when_postgresql_ends_the_session
 
     assert drain(budget=5) == 3
 
-    assert ended == [drain_pid], "the drain's session must have ended while it was sending"
+    assert drain_pid in ended, "the drain's session must have ended while it was sending"
     assert len(receiver.requests) == 3
     for event in events:
         delivery = delivery_of(event)
@@ -649,7 +649,7 @@ def test_a_claim_after_postgresql_ended_the_session_claims_on_a_new_connection(
     subscribe("https://hooks.example.com/a")
     events = {publish("order.created", {"id": n}).id for n in range(2)}
     ended_pid = connection.connection.info.backend_pid
-    assert end_other_sessions(keep=None) == [ended_pid]
+    assert ended_pid in end_other_sessions(keep=None)  # threads of earlier tests may hold sessions too
 
     claimed = claim_deliveries(10)
 
