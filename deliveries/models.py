@@ -29,8 +29,15 @@ class Delivery(models.Model):
     id = models.CharField(primary_key=True, max_length=32, default=new_delivery_id, editable=False)
     event = models.ForeignKey("webhooks.Event", on_delete=models.CASCADE, related_name="deliveries")
     # Indexed by "delivery_subscription" (subscription, -created_at): a second index would only be written.
+    # No constraint: its check locked the subscription's row for every delivery inserted, and publishers to
+    # one subscription queued on that row. A trigger refuses to delete a subscription that deliveries still
+    # reference (migration 0003); a worker cancels a delivery whose subscription is gone all the same.
     subscription = models.ForeignKey(
-        "subscriptions.Subscription", on_delete=models.CASCADE, related_name="deliveries", db_index=False
+        "subscriptions.Subscription",
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        db_index=False,
+        db_constraint=False,
     )
     event_type = models.CharField(max_length=128)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)

@@ -164,7 +164,8 @@ def claim_deliveries(
     """
     if connection.vendor != "postgresql":
         claimed = claim(limit, exclude, only)
-        deliveries = Delivery.objects.filter(id__in=claimed).select_related("event", "subscription")
+        deliveries = list(Delivery.objects.filter(id__in=claimed).select_related("event", "subscription"))
+        _cancel_orphans({pk: claimed[pk] for pk in claimed.keys() - {delivery.id for delivery in deliveries}})
         return [(delivery, claimed[delivery.id]) for delivery in deliveries]
     sql, deliveries, events, subscriptions = _claim_loader()
     # Rows a claim lost with its connection took, if it committed, come back with their leases.
@@ -172,15 +173,35 @@ def claim_deliveries(
     if not claimed_rows:
         return []
     event_of = {event.pk: event for event in map(events.load, json.loads(event_rows))}
-    subscription_of = {sub.pk: sub for sub in map(subscriptions.load, json.loads(subscription_rows))}
+    subscription_of = {sub.pk: sub for sub in map(subscriptions.load, json.loads(subscription_rows or "[]"))}
     event_field, subscription_field = Delivery._meta.get_field("event"), Delivery._meta.get_field("subscription")
-    loaded = []
+    loaded, orphans = [], {}
     for row in json.loads(claimed_rows):
         delivery = deliveries.load(row)
+        subscription = subscription_of.get(delivery.subscription_id)
+        if subscription is None:
+            orphans[delivery.pk] = delivery.attempt_count
+            continue
         event_field.set_cached_value(delivery, event_of[delivery.event_id])
-        subscription_field.set_cached_value(delivery, subscription_of[delivery.subscription_id])
+        subscription_field.set_cached_value(delivery, subscription)
         loaded.append((delivery, delivery.attempt_count))
+    _cancel_orphans(orphans)
     return loaded
+
+
+def _cancel_orphans(claimed: dict[str, int]) -> None:
+    """Claimed rows whose subscription row no longer exists: cancelled, as a deleted subscription's are, with
+    the claim's attempt number given back. Subscriptions are only soft-deleted, and a trigger refuses to
+    delete one that deliveries reference (no foreign key: migration 0003), but a publish that commits while
+    someone deletes its subscription by hand can still leave such a row."""
+    if not claimed:
+        return
+    now = timezone.now()
+    for pk, number in claimed.items():
+        Delivery.objects.filter(pk=pk, status=Status.PENDING, attempt_count=number).update(
+            status=Status.CANCELLED, attempt_count=number - 1, next_attempt_at=None, completed_at=now
+        )
+    logger.warning("cancelled deliveries whose subscription no longer exists: %s", " ".join(sorted(claimed)))
 
 
 def lease_seconds() -> int:

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 from django.db import transaction
 from django.db.models import Count, F
+from django.utils import timezone
 
 from deliveries import wake
 from deliveries.models import Delivery, Status
@@ -63,6 +64,25 @@ def test_postgresql_ending_the_workers_sessions_mid_stream_loses_no_delivery(sta
     wait_until(lambda: len({r.headers["webhook-id"] for r in receiver.requests}) == len(events), timeout=90)
     assert {r.headers["webhook-id"] for r in receiver.requests} == set(events)
     wait_until(lambda: Delivery.objects.filter(status=Status.SUCCEEDED).count() == len(events), timeout=60)
+
+
+def test_a_delivery_whose_subscription_row_is_gone_is_cancelled_and_the_stream_goes_on(
+    start_worker, receiver: Receiver
+) -> None:
+    # Deliveries reference subscriptions without a foreign key (migration 0003); a row left by a publish that
+    # raced a delete by hand must neither stop the drain nor come back with every lease.
+    Subscription.objects.create(url=receiver.url(), events=["#"])
+    start_worker()
+    events = [publish("order.created", {"n": 0}).id]
+    orphan = Delivery.objects.create(
+        event_id=events[0], subscription_id="sub_gone", event_type="order.created", next_attempt_at=timezone.now()
+    )
+    events += [publish("order.created", {"n": n}).id for n in range(1, 30)]
+
+    wait_until(lambda: len({r.headers["webhook-id"] for r in receiver.requests}) == len(events), timeout=60)
+    wait_until(lambda: Delivery.objects.filter(status=Status.SUCCEEDED).count() == len(events))
+    wait_until(lambda: Delivery.objects.filter(pk=orphan.pk, status=Status.CANCELLED).exists())
+    assert len(receiver.requests) == len(events)
 
 
 def test_a_killed_listener_costs_latency_not_the_delivery(start_worker, flush_redis, receiver: Receiver) -> None:

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from deliveries import actions, signals
@@ -448,6 +448,75 @@ def test_a_claimed_row_of_a_subscription_deleted_meanwhile_is_cancelled_without_
     delivery.refresh_from_db()
     assert delivery.status == Status.CANCELLED
     assert receiver.requests == []
+
+
+def test_a_claimed_row_whose_subscription_row_is_gone_is_cancelled_and_the_others_are_sent(
+    receiver: Receiver, allow_loopback: None, subscribe: Callable[..., Subscription], alert_log
+) -> None:
+    # No foreign key holds a delivery to its subscription (migration 0003): a publish racing a delete by
+    # hand can leave such a row. It must not stop the drain nor come back with every lease.
+    subscribe(receiver.url())
+    kept = delivery_of(publish("order.created", {"id": 1}))
+    orphan = Delivery.objects.create(event=kept.event, subscription_id="sub_gone", event_type="order.created")
+    Delivery.objects.filter(pk=orphan.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+
+    assert deliver_batch() == 1
+
+    orphan.refresh_from_db()
+    kept.refresh_from_db()
+    assert (orphan.status, orphan.attempt_count, orphan.next_attempt_at) == (Status.CANCELLED, 0, None)
+    assert kept.status == Status.SUCCEEDED
+    assert len(receiver.requests) == 1
+    assert f"subscription no longer exists: {orphan.pk}" in alert_log.text
+    assert claim(10) == {}
+
+
+def test_postgresql_refuses_to_delete_a_subscription_its_deliveries_reference(
+    subscribe: Callable[..., Subscription],
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the trigger is PostgreSQL's")
+    subscription, other = subscribe("https://hooks.example.com/in"), subscribe("https://hooks.example.com/other")
+    publish("order.created", {"id": 1})
+    Delivery.objects.filter(subscription=other).delete()
+
+    for statement in (
+        "DELETE FROM subscriptions_subscription WHERE id = %s",
+        "UPDATE subscriptions_subscription SET id = 'sub_new' WHERE id = %s",
+    ):
+        with (
+            pytest.raises(IntegrityError, match="still referenced by deliveries"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(statement, [subscription.pk])
+    # Unreferenced, or through the ORM, which deletes the deliveries (and their attempts) first.
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM subscriptions_subscription WHERE id = %s", [other.pk])
+    subscription.delete()
+    assert not Subscription.objects.exists()
+    assert not Delivery.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)  # the other session must see the subscription
+def test_a_publish_takes_no_lock_on_its_subscriptions_row(subscribe: Callable[..., Subscription]) -> None:
+    # A foreign key's check locked the subscription's row (FOR KEY SHARE) for every delivery inserted:
+    # publishers to one subscription queued on that row, each publish making a MultiXact (issue 6).
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks are PostgreSQL's")
+    import psycopg
+
+    subscription = subscribe("https://hooks.example.com/in")
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # any check runs, and locks, at the insert
+        delivery_of(publish("order.created", {"id": 1}))
+        with psycopg.connect(**connection.get_connection_params()) as other:
+            other.execute("SET lock_timeout = '1s'")
+            locked = other.execute(
+                "SELECT id FROM subscriptions_subscription WHERE id = %s FOR UPDATE NOWAIT", [subscription.pk]
+            ).fetchall()
+    assert locked == [(subscription.pk,)]
 
 
 # --- Claiming ---
