@@ -40,8 +40,13 @@ SUCCESS_MARK_EVERY = timedelta(seconds=1)  # last_success_at is kept to the seco
 # PostgreSQL: the CTE runs once. An "id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)" form can be
 # rescanned by a nested-loop semi-join, and with SKIP LOCKED each rescan finds new rows: measured here,
 # claim(20) leased 300 rows that way.
+# 'pending' is written into the statement, not passed: once PostgreSQL switches a prepared claim to its
+# generic plan (after five runs, when the table looked small), "status = $1" cannot prove the predicate
+# of the partial index "delivery_due". That plan read every pending row by "delivery_status" and sorted
+# them, leased ones included: about 870 index entries a claim in the end to end benchmark, and as many
+# as the backlog holds after it grew (issue 6).
 CLAIMED_POSTGRESQL = (
-    "WITH due AS (SELECT id FROM deliveries_delivery WHERE status = %(pending)s AND next_attempt_at <= %(now)s "
+    "WITH due AS (SELECT id FROM deliveries_delivery WHERE status = 'pending' AND next_attempt_at <= %(now)s "
     "AND NOT (subscription_id = ANY(%(exclude)s::text[])) AND (%(only)s::text IS NULL OR subscription_id = %(only)s) "
     "ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED), "
     "claimed AS (UPDATE deliveries_delivery AS d SET next_attempt_at = %(lease_until)s, "
