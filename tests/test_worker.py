@@ -573,6 +573,25 @@ def test_a_claims_generic_plan_goes_by_the_due_index(subscribe: Callable[..., Su
     assert "Sort" not in plan.split("CTE claimed")[0], plan
 
 
+def test_a_record_is_planned_at_each_run_and_a_claim_once_per_connection(
+    receiver: Receiver, allow_loopback: None, subscribe: Callable[..., Subscription]
+) -> None:
+    # A record's plan made once, while the table looked small, read every delivery for each batch.
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    subscribe(receiver.url())
+    for n in range(3):
+        publish("order.created", {"n": n})
+        assert deliver_batch() == 1
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [statement for (statement,) in cursor.fetchall()]
+    assert any(statement.startswith("WITH due AS") for statement in prepared), prepared
+    assert not any(statement.startswith("WITH v AS") for statement in prepared), prepared
+    assert Attempt.objects.filter(success=True).count() == 3
+
+
 def test_claim_takes_at_most_the_limit_oldest_due_first(subscribe: Callable[..., Subscription]) -> None:
     subscribe("https://hooks.example.com/in")
     first, second, third = (delivery_of(publish("order.created", {"n": n})) for n in range(3))
