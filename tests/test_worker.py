@@ -543,7 +543,8 @@ def generic_plan(sql: str, params: dict) -> str:
     names: list[str] = []
 
     def numbered(match: re.Match) -> str:
-        names.append(match[1]) if match[1] not in names else None
+        if match[1] not in names:
+            names.append(match[1])
         return f"${names.index(match[1]) + 1}"
 
     sql = re.sub(r"%\((\w+)\)s", numbered, sql)
