@@ -37,15 +37,19 @@ def _redis_missing() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    missing = [reason for reason in (_postgres_missing(), _redis_missing()) if reason]
+    postgres = _postgres_missing()
+    missing = [reason for reason in (postgres, _redis_missing()) if reason]
     if not missing:
         return
     if REQUIRE_SERVICES:
         raise pytest.UsageError("REQUIRE_SERVICES=1 but " + "; ".join(missing))
-    skip = pytest.mark.skip(reason="needs PostgreSQL and Redis: " + "; ".join(missing))
+    skip_services = pytest.mark.skip(reason="needs PostgreSQL and Redis: " + "; ".join(missing))
+    skip_postgres = pytest.mark.skip(reason=f"needs PostgreSQL: {postgres}")
     for item in items:
         if "services" in item.keywords:
-            item.add_marker(skip)
+            item.add_marker(skip_services)
+        elif postgres and "postgresql" in item.keywords:
+            item.add_marker(skip_postgres)
 
 
 @pytest.fixture(autouse=True)

@@ -37,6 +37,7 @@ def checked(acme_api: Api, subscribe: Callable[..., Subscription]) -> tuple[Api,
     return acme_api, first
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db
 def test_a_checked_token_publishes_in_one_statement_with_the_answer_drf_gives(checked: tuple[Api, Any]) -> None:
     api, first = checked

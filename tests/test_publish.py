@@ -50,6 +50,7 @@ def test_an_event_built_for_publishing_is_the_one_keyword_arguments_build(django
         assert new_event(fields | {"tenant": None}).tenant is None
 
 
+@pytest.mark.postgresql
 def test_the_tables_publish_writes_carry_no_like_copies_of_their_indexes() -> None:
     from django.db import connection
 
@@ -64,6 +65,7 @@ def test_the_tables_publish_writes_carry_no_like_copies_of_their_indexes() -> No
     assert {"id", "type", "tenant_id", "created_at"} <= event_columns  # the equality lookups keep theirs
 
 
+@pytest.mark.postgresql
 def test_the_array_literal_of_a_fan_out_reads_back_as_the_same_strings() -> None:
     from django.db import connection
 

@@ -734,6 +734,7 @@ def test_a_drains_commits_skip_the_disk_flush_unless_configured_and_its_settings
 # --- The database going away ---
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_sends_are_recorded_on_a_new_connection_when_postgresql_ends_the_session_meanwhile(
     receiver: Receiver, allow_loopback: None, subscribe: Callable[..., Subscription]
@@ -766,6 +767,7 @@ def test_sends_are_recorded_on_a_new_connection_when_postgresql_ends_the_session
     assert connection.connection.info.backend_pid != drain_pid
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_a_claim_after_postgresql_ended_the_session_claims_on_a_new_connection(
     subscribe: Callable[..., Subscription],
