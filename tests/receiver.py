@@ -97,21 +97,32 @@ class _IPv6Server(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
+def describe(request: Received, method: str = "POST") -> str:
+    """The request as a person reads it: request line, headers, a blank line, the body."""
+    headers = "".join(f"{name}: {value}\n" for name, value in request.headers.items())
+    return f"{method} {request.path}\n{headers}\n{request.body.decode(errors='replace')}\n"
+
+
 def main() -> None:
-    """``python -m tests.receiver --port 9000``: print every webhook that arrives (for the README walk-through)."""
+    """``python -m tests.receiver --port 9000``: print every request that arrives, in full, and answer 200 "ok"."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--port", type=int, default=9000)
-    port = parser.parse_args().port
+    parser.add_argument("--host", default="127.0.0.1")
+    arguments = parser.parse_args()
 
     def show(request: Received) -> Reply:
-        print(request.headers.get("X-Webhook-Event"), request.headers.get("webhook-id"), request.body.decode())
+        # Flushed at once: the output is often a pipe (a test, tee), where Python would hold it back.
+        print(describe(request), flush=True)
         return Reply()
 
-    receiver = Receiver(show, port=port)
+    receiver = Receiver(show, host=arguments.host, port=arguments.port)
     print(f"listening on {receiver.url('/')}", flush=True)
-    receiver.server.serve_forever()
+    try:
+        receiver.server.serve_forever()
+    except KeyboardInterrupt:
+        receiver.server.server_close()
 
 
 if __name__ == "__main__":
