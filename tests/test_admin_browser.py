@@ -280,3 +280,23 @@ def test_each_list_shows_its_key_columns_on_a_1366_pixel_screen(
                 .map(element => [element.scrollWidth, element.clientWidth])"""
     )
     assert all(scroll <= client for scroll, client in widths), f"{url} scrolls sideways: {widths}"
+
+
+def test_the_pages_behind_the_lists_wrap_the_longest_values_on_a_1366_pixel_screen(
+    browser, transactional_db, longest_values: None, live_server, django_user_model, screenshots: Path
+) -> None:
+    delivery = Delivery.objects.get(attempt_count=12345)
+    page = browser.new_page(viewport=SMALL_SCREEN)
+    log_in(page, live_server, django_user_model)
+    pages = {
+        "subscription": f"/admin/subscriptions/subscription/{delivery.subscription_id}/change/",
+        "delivery": f"/admin/deliveries/delivery/{delivery.pk}/change/",
+        "event": f"/admin/webhooks/event/{delivery.event_id}/change/",
+        "attempt": f"/admin/deliveries/attempt/{delivery.attempts.get().pk}/change/",
+        "dashboard": "/admin/dashboard/",
+    }
+    for name, url in pages.items():
+        page.goto(f"{live_server.url}{url}")
+        page.screenshot(path=str(screenshots / f"longest-{name}.png"), full_page=True)
+        width = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert width[0] <= width[1], f"the {name} page scrolls sideways: {width}"
