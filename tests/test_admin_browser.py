@@ -2,8 +2,8 @@
 
 Log in, read the dashboard, find a failed delivery by its event id, redeliver it to an endpoint that now
 answers 200 and see the new attempt; on a 1366 px wide screen, every list shows its key columns without
-scrolling sideways. The screenshots land in a temporary folder; with REFRESH_SCREENSHOTS=1 they replace
-docs/screenshots/, which the README shows.
+scrolling sideways. The walk-through's screenshots land in a temporary folder; with REFRESH_SCREENSHOTS=1
+they replace docs/screenshots/dashboard.png and delivery.png, which the README shows.
 """
 
 import os
@@ -55,6 +55,12 @@ def screenshots(tmp_path: Path) -> Path:
         DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         return DOCS_SCREENSHOTS
     return tmp_path
+
+
+def test_screenshots_stay_out_of_the_docs_unless_asked(request, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("REFRESH_SCREENSHOTS", raising=False)
+
+    assert request.getfixturevalue("screenshots") == tmp_path
 
 
 @pytest.fixture
@@ -260,7 +266,7 @@ def test_each_list_shows_its_key_columns_on_a_1366_pixel_screen(
     longest_values: None,
     live_server,
     django_user_model,
-    screenshots: Path,
+    tmp_path: Path,
     url: str,
 ) -> None:
     from playwright.sync_api import expect
@@ -269,7 +275,7 @@ def test_each_list_shows_its_key_columns_on_a_1366_pixel_screen(
     log_in(page, live_server, django_user_model)
     page.goto(f"{live_server.url}{url}")
     expect(page.locator("#result_list tbody tr").first).to_be_visible()
-    page.screenshot(path=str(screenshots / f"list-1366-{url.strip('/').replace('/', '-')}.png"))
+    page.screenshot(path=str(tmp_path / "list.png"))  # to look at when it fails
 
     for column in KEY_COLUMNS[url]:
         box = page.locator(f"#result_list thead th.column-{column}").bounding_box()
@@ -283,7 +289,7 @@ def test_each_list_shows_its_key_columns_on_a_1366_pixel_screen(
 
 
 def test_the_pages_behind_the_lists_wrap_the_longest_values_on_a_1366_pixel_screen(
-    browser, transactional_db, longest_values: None, live_server, django_user_model, screenshots: Path
+    browser, transactional_db, longest_values: None, live_server, django_user_model, tmp_path: Path
 ) -> None:
     delivery = Delivery.objects.get(attempt_count=12345)
     page = browser.new_page(viewport=SMALL_SCREEN)
@@ -297,6 +303,6 @@ def test_the_pages_behind_the_lists_wrap_the_longest_values_on_a_1366_pixel_scre
     }
     for name, url in pages.items():
         page.goto(f"{live_server.url}{url}")
-        page.screenshot(path=str(screenshots / f"longest-{name}.png"), full_page=True)
+        page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
         width = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
         assert width[0] <= width[1], f"the {name} page scrolls sideways: {width}"
