@@ -19,7 +19,6 @@ from deliveries.chart import STATUS_COLOURS
 from deliveries.dashboard_view import add_dashboard
 from deliveries.models import Attempt, Delivery, Status
 from deliveries.sender import safe_url
-from subscriptions.models import Tenant
 
 RESPONSE_EXCERPT_CHARS = 1024
 DeliveryAction = Callable[[HttpRequest, QuerySet[Delivery]], None]
@@ -162,8 +161,8 @@ class DeliveryAdmin(admin.ModelAdmin):
         return endpoint_link(delivery)
 
     @admin.display(description="tenant", ordering="subscription__tenant__slug")
-    def tenant(self, delivery: Delivery) -> Tenant | None:
-        return delivery.subscription.tenant
+    def tenant(self, delivery: Delivery) -> str:
+        return str(delivery.subscription.tenant or EMPTY)
 
     @admin.display(description="attempts", ordering="attempt_count")
     def attempts(self, delivery: Delivery) -> int:
@@ -278,8 +277,8 @@ class AttemptAdmin(admin.ModelAdmin):
         return f"#{attempt.number}"
 
     @admin.display(description="error", ordering="error")
-    def error_text(self, attempt: Attempt) -> SafeString | None:
-        return clipped(attempt.error) if attempt.error else None
+    def error_text(self, attempt: Attempt) -> SafeString | str:
+        return clipped(attempt.error) if attempt.error else EMPTY
 
     @admin.display(description="delivery", ordering="delivery_id")
     def delivery_link(self, attempt: Attempt) -> SafeString:

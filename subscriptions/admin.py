@@ -20,7 +20,7 @@ from django.utils.translation import ngettext
 from rest_framework.exceptions import ValidationError as DRFValidationError
 
 from deliveries import actions
-from deliveries.admin_display import STYLESHEET, absolute_time, clipped, time_field
+from deliveries.admin_display import EMPTY, STYLESHEET, absolute_time, clipped, time_field
 from deliveries.sender import Result, safe_url
 from subscriptions import validation
 from subscriptions.clients import create_api_client
@@ -170,8 +170,8 @@ class SubscriptionAdmin(admin.ModelAdmin):
         return clipped(safe_url(subscription.url))
 
     @admin.display(description="tenant", ordering="tenant__slug")
-    def tenant_slug(self, subscription: Subscription) -> SafeString | None:
-        return clipped(subscription.tenant.slug) if subscription.tenant else None
+    def tenant_slug(self, subscription: Subscription) -> SafeString | str:
+        return clipped(subscription.tenant.slug) if subscription.tenant else EMPTY
 
     @admin.display(description="patterns")
     def patterns(self, subscription: Subscription) -> SafeString:

@@ -230,10 +230,14 @@ def test_a_time_shows_the_absolute_time_with_the_relative_one_beside_it() -> Non
     assert time_html(None) == "—"
 
 
-def test_every_admin_page_shows_times_in_one_format_with_the_zone(operator: Client, many_rows: dict[str, str]) -> None:
+def test_every_admin_page_shows_times_in_one_format_with_the_zone(
+    operator: Client, many_rows: dict[str, str], subscribe
+) -> None:
+    platform = make_delivery(subscribe("https://platform.example.com/in"), Status.FAILED, completed_at=timezone.now())
     pages = [
         DELIVERIES_URL,
         f"{DELIVERIES_URL}{many_rows['delivery']}/change/",
+        f"{DELIVERIES_URL}{quote(platform.pk)}/change/",
         SUBSCRIPTIONS_URL,
         f"{SUBSCRIPTIONS_URL}{many_rows['subscription']}/change/",
         "/admin/webhooks/event/",
@@ -249,6 +253,7 @@ def test_every_admin_page_shows_times_in_one_format_with_the_zone(operator: Clie
         page = operator.get(url).content.decode()
         assert ABSOLUTE.search(page), f"{url} shows no time"
         assert not re.search(r"[ap]\.m\.|\xa0(minute|hour|day)", page), f"{url} shows a time in another format"
+        assert ">None<" not in page, f"{url} shows None for no value"
 
 
 # --- Wording: the site's name, plurals ---

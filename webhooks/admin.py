@@ -10,7 +10,7 @@ from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
 from deliveries.admin import json_block, status_badge
-from deliveries.admin_display import STYLESHEET, clipped, time_field
+from deliveries.admin_display import EMPTY, STYLESHEET, clipped, time_field
 from deliveries.models import Delivery, Status
 from deliveries.sender import safe_url
 from webhooks.models import Event
@@ -85,8 +85,8 @@ class EventAdmin(admin.ModelAdmin):
         return clipped(event.type)
 
     @admin.display(description="tenant", ordering="tenant__slug")
-    def tenant_slug(self, event: Event) -> SafeString | None:
-        return clipped(event.tenant.slug) if event.tenant else None
+    def tenant_slug(self, event: Event) -> SafeString | str:
+        return clipped(event.tenant.slug) if event.tenant else EMPTY
 
     @admin.display(description="deliveries")
     def deliveries_by_status(self, event: Event) -> SafeString:
