@@ -118,8 +118,15 @@ class AttemptInline(admin.TabularInline):
 class DeliveryAdmin(admin.ModelAdmin):
     # What fits a 1366 px screen beside the filters; the ids, the tenant (a filter too) and the last error are
     # on each delivery's page, which the event type links to.
-    list_display = ["status_label", "event_type_label", "endpoint", "attempts", "last_status", "next_attempt"]
-    list_display += ["created"]
+    list_display = [
+        "status_label",
+        "event_type_label",
+        "endpoint",
+        "attempts",
+        "last_status",
+        "next_attempt",
+        "created",
+    ]
     list_display_links = ["event_type_label"]
     list_filter = ["status", "event_type", "subscription__tenant", "created_at"]
     list_select_related = ["subscription"]
@@ -134,8 +141,16 @@ class DeliveryAdmin(admin.ModelAdmin):
         ),
         ("Payload (what the subscriber receives as the body)", {"fields": ["payload"]}),
     ]
-    readonly_fields = ["status_label", "event_link", "endpoint", "tenant", "next_attempt", "created", "completed"]
-    readonly_fields += ["payload"]
+    readonly_fields = [
+        "status_label",
+        "event_link",
+        "endpoint",
+        "tenant",
+        "next_attempt",
+        "created",
+        "completed",
+        "payload",
+    ]
     inlines = [AttemptInline]
     actions = ["redeliver_now", "cancel"]
     next_attempt = time_field("next_attempt_at", "next attempt")
@@ -265,12 +280,12 @@ class AttemptAdmin(admin.ModelAdmin):
     readonly_fields = fields
     started = time_field("started_at", "started")
 
+    class Media:
+        css = {"all": [STYLESHEET]}
+
     @admin.display(description="outcome", ordering="success")
     def outcome(self, attempt: Attempt) -> SafeString:
         return attempt_badge(attempt)
-
-    class Media:
-        css = {"all": [STYLESHEET]}
 
     @admin.display(description="attempt", ordering="number")
     def attempt(self, attempt: Attempt) -> str:
