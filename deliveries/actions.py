@@ -82,7 +82,10 @@ def requeue(deliveries) -> int:
 
 @transaction.atomic
 def redeliver(delivery: Delivery) -> int:
-    return requeue(Delivery.objects.filter(pk=delivery.pk))
+    """Requeue one delivery and reload ``delivery`` as written, before the commit lets a worker claim it."""
+    count = requeue(Delivery.objects.filter(pk=delivery.pk))
+    delivery.refresh_from_db()
+    return count
 
 
 @transaction.atomic

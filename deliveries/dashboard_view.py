@@ -1,7 +1,6 @@
 """The dashboard page inside the admin: /admin/dashboard/, linked from the admin index."""
 
 from collections.abc import Callable
-from datetime import timedelta
 
 from django.contrib.admin import AdminSite
 from django.core.exceptions import PermissionDenied
@@ -11,21 +10,9 @@ from django.urls import URLPattern, path
 from django.utils import timezone
 
 from deliveries import chart, dashboard
+from deliveries.admin_display import duration_text
 
 TEMPLATE = "admin/deliveries/dashboard.html"
-DURATION_UNITS = [("d", 86400), ("h", 3600), ("min", 60), ("s", 1)]
-
-
-def duration_text(age: timedelta | None) -> str:
-    """The two largest units: ``2 d 3 h``, ``3 h 12 min``, ``12 s``."""
-    if age is None:
-        return "—"
-    remaining, parts = max(int(age.total_seconds()), 0), []
-    for name, size in DURATION_UNITS:
-        value, remaining = divmod(remaining, size)
-        if value:
-            parts.append(f"{value} {name}")
-    return " ".join(parts[:2]) or "0 s"
 
 
 def percent_text(rate: float | None) -> str:

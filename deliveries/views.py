@@ -1,3 +1,4 @@
+from django.db import transaction
 from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -38,6 +39,9 @@ class DeliveryViewSet(TenantScopedMixin, mixins.ListModelMixin, mixins.RetrieveM
         subscription = delivery.subscription
         if not subscription.is_active or subscription.is_deleted:
             return Response({"detail": "the subscription is inactive or deleted"}, status=status.HTTP_409_CONFLICT)
-        actions.redeliver(delivery)
-        delivery.refresh_from_db()
-        return Response(DeliveryDetailSerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
+        # Answered from inside the transaction that wrote it: once it commits, a worker may claim the row and
+        # push next_attempt_at forward by its lease (and attempt_count up) before this view would read it again.
+        with transaction.atomic():
+            actions.redeliver(delivery)
+            body = DeliveryDetailSerializer(delivery).data
+        return Response(body, status=status.HTTP_202_ACCEPTED)

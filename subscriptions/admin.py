@@ -16,9 +16,11 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
+from django.utils.translation import ngettext
 from rest_framework.exceptions import ValidationError as DRFValidationError
 
 from deliveries import actions
+from deliveries.admin_display import EMPTY, STYLESHEET, absolute_time, clipped, time_field
 from deliveries.sender import Result, safe_url
 from subscriptions import validation
 from subscriptions.clients import create_api_client
@@ -60,9 +62,13 @@ class SubscriptionStateFilter(admin.SimpleListFilter):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "live_subscriptions", "created_at"]
+    list_display = ["slug", "name", "live_subscriptions", "created"]
     search_fields = ["slug", "name", "id"]
-    readonly_fields = ["id", "created_at"]
+    readonly_fields = ["id", "created"]
+    created = time_field("created_at", "created")
+
+    class Media:
+        css = {"all": [STYLESHEET]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
         live = Count("subscriptions", filter=Q(subscriptions__deleted_at__isnull=True))
@@ -111,8 +117,13 @@ def state_badge(subscription: Subscription) -> SafeString:
     if subscription.is_active:
         return format_html('<span style="color: {}">{}</span>', "#2e7d32", "active")
     return format_html(
-        '<span style="color: {}">{}</span>: {}', "#c62828", "disabled", subscription.disabled_reason or ""
+        '<span style="color: {}">{}</span>: {}', "#c62828", "disabled", clipped(subscription.disabled_reason or "")
     )
+
+
+def counted(singular: str, plural: str, count: int) -> str:
+    """``1 subscription``, ``2 subscriptions``: ``singular`` and ``plural`` hold ``%(count)d``."""
+    return ngettext(singular, plural, count) % {"count": count}
 
 
 @admin.register(Subscription)
@@ -120,16 +131,9 @@ class SubscriptionAdmin(admin.ModelAdmin):
     """Endpoints; every state change goes through deliveries.actions, webhooks.ping or Subscription.rotate_secret."""
 
     form = SubscriptionForm
-    list_display = [
-        "id",
-        "endpoint",
-        "tenant",
-        "patterns",
-        "state",
-        "consecutive_failures",
-        "last_success_at",
-        "created_at",
-    ]
+    # What fits a 1366 px screen beside the filters; the id, the times and the whole disabled reason are on each
+    # subscription's page, which the URL links to.
+    list_display = ["endpoint", "tenant_slug", "patterns", "state", "failures", "last_success"]
     list_filter = [SubscriptionStateFilter, "tenant", "created_at", "last_success_at"]
     list_select_related = ["tenant"]
     search_fields = ["id", "url", "tenant__slug"]
@@ -138,14 +142,22 @@ class SubscriptionAdmin(admin.ModelAdmin):
         "id",
         "state",
         "consecutive_failures",
-        "last_success_at",
-        "previous_secret_expires_at",
+        "last_success",
+        "previous_secret_expires",
         "deliveries",
-        "created_at",
-        "updated_at",
-        "deleted_at",
+        "created",
+        "updated",
+        "deleted",
     ]
     actions = ["send_ping", "disable", "enable", "rotate_secret", "recover_failed", "delete_keeping_history"]
+    last_success = time_field("last_success_at", "last success")
+    previous_secret_expires = time_field("previous_secret_expires_at", "previous secret signs until")
+    created = time_field("created_at", "created")
+    updated = time_field("updated_at", "updated")
+    deleted = time_field("deleted_at", "deleted")
+
+    class Media:
+        css = {"all": [STYLESHEET]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Subscription]:
         return super().get_queryset(request).select_related("tenant")
@@ -154,12 +166,20 @@ class SubscriptionAdmin(admin.ModelAdmin):
         return [*self.readonly_fields, "tenant"] if obj else self.readonly_fields
 
     @admin.display(description="URL", ordering="url")
-    def endpoint(self, subscription: Subscription) -> str:
-        return safe_url(subscription.url)
+    def endpoint(self, subscription: Subscription) -> SafeString:
+        return clipped(safe_url(subscription.url))
+
+    @admin.display(description="tenant", ordering="tenant__slug")
+    def tenant_slug(self, subscription: Subscription) -> SafeString | str:
+        return clipped(subscription.tenant.slug) if subscription.tenant else EMPTY
 
     @admin.display(description="patterns")
-    def patterns(self, subscription: Subscription) -> str:
-        return ", ".join(subscription.events)
+    def patterns(self, subscription: Subscription) -> SafeString:
+        return clipped(", ".join(subscription.events))
+
+    @admin.display(description="failures", ordering="consecutive_failures")
+    def failures(self, subscription: Subscription) -> int:
+        return subscription.consecutive_failures
 
     @admin.display(description="state", ordering="is_active")
     def state(self, subscription: Subscription) -> SafeString:
@@ -202,7 +222,9 @@ class SubscriptionAdmin(admin.ModelAdmin):
         reason = f"disabled in the admin by {request.user.get_username()}"
         failed = sum(actions.disable_subscription(s, reason, alert=False) for s in chosen)
         self._done(request, chosen, "Disabled in the admin")
-        self.message_user(request, f"Disabled {len(chosen)} subscriptions; {failed} pending deliveries failed.")
+        disabled = counted("Disabled %(count)d subscription", "Disabled %(count)d subscriptions", len(chosen))
+        failed_text = counted("%(count)d pending delivery failed", "%(count)d pending deliveries failed", failed)
+        self.message_user(request, f"{disabled}; {failed_text}.")
 
     @admin.action(description="Re-enable", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
@@ -210,7 +232,9 @@ class SubscriptionAdmin(admin.ModelAdmin):
         for subscription in chosen:
             actions.enable_subscription(subscription)
         self._done(request, chosen, "Re-enabled in the admin")
-        self.message_user(request, f"Re-enabled {len(chosen)} subscriptions.")
+        self.message_user(
+            request, counted("Re-enabled %(count)d subscription.", "Re-enabled %(count)d subscriptions.", len(chosen))
+        )
 
     @admin.action(description="Rotate secret (the old one keeps signing for 24 h)", permissions=["change"])
     def rotate_secret(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
@@ -218,11 +242,13 @@ class SubscriptionAdmin(admin.ModelAdmin):
         for subscription in chosen:
             subscription.rotate_secret()
         self._done(request, chosen, "Secret rotated in the admin")
-        self.message_user(
-            request,
-            f"Rotated the secret of {len(chosen)} subscriptions; the previous secret keeps signing for 24 hours. "
-            "Subscribers read the new one with GET /api/v1/subscriptions/{id}/secret/.",
+        rotated = counted(
+            "Rotated the secret of %(count)d subscription; the previous secret keeps signing for 24 hours.",
+            "Rotated the secrets of %(count)d subscriptions; the previous secrets keep signing for 24 hours.",
+            len(chosen),
         )
+        read = "Subscribers read the new one with GET /api/v1/subscriptions/{id}/secret/."
+        self.message_user(request, f"{rotated} {read}")
 
     @admin.action(description="Recover failed deliveries since a date…", permissions=["change"])
     def recover_failed(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> TemplateResponse | None:
@@ -237,8 +263,10 @@ class SubscriptionAdmin(admin.ModelAdmin):
             self.message_user(request, f"Not recovered, re-enable first: {ids}", messages.WARNING)
         active = [s for s in chosen if s.is_active]
         requeued = sum(actions.recover(s, form.cleaned_data["since"]) for s in active)
-        self._done(request, active, f"Recovered failed deliveries since {form.cleaned_data['since']:%Y-%m-%d %H:%M}")
-        self.message_user(request, f"Re-queued {requeued} failed deliveries of {len(active)} subscriptions.")
+        self._done(request, active, f"Recovered failed deliveries since {absolute_time(form.cleaned_data['since'])}")
+        done = counted("Re-queued %(count)d failed delivery", "Re-queued %(count)d failed deliveries", requeued)
+        of = counted("%(count)d subscription", "%(count)d subscriptions", len(active))
+        self.message_user(request, f"{done} of {of}.")
         return None
 
     @admin.action(description="Delete (keeps the delivery history)…", permissions=["change"])
@@ -249,14 +277,19 @@ class SubscriptionAdmin(admin.ModelAdmin):
         chosen = self._live(request, queryset)
         cancelled = sum(actions.delete_subscription(s) for s in chosen)
         self._done(request, chosen, "Deleted in the admin (history kept)")
-        self.message_user(request, f"Deleted {len(chosen)} subscriptions; {cancelled} pending deliveries cancelled.")
+        deleted = counted("Deleted %(count)d subscription", "Deleted %(count)d subscriptions", len(chosen))
+        cancelled_text = counted(
+            "%(count)d pending delivery cancelled", "%(count)d pending deliveries cancelled", cancelled
+        )
+        self.message_user(request, f"{deleted}; {cancelled_text}.")
         return None
 
     def _live(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> list[Subscription]:
         chosen = list(queryset.select_related("tenant"))
         deleted = [s.id for s in chosen if s.is_deleted]
         if deleted:
-            self.message_user(request, f"Skipped deleted subscriptions: {', '.join(deleted)}", messages.WARNING)
+            text = ngettext("Skipped a deleted subscription: %s", "Skipped deleted subscriptions: %s", len(deleted))
+            self.message_user(request, text % ", ".join(deleted), messages.WARNING)
         return [s for s in chosen if not s.is_deleted]
 
     def _done(self, request: HttpRequest, subscriptions: list[Subscription], log: str) -> None:
@@ -303,10 +336,14 @@ class ApiClientAdmin(admin.ModelAdmin):
     """Create and revoke API clients; deleting one revokes its tokens with it."""
 
     form = ApiClientForm
-    list_display = ["name", "client_id", "tenant", "scopes", "rate_limit", "created_at"]
+    list_display = ["name", "client_id", "tenant", "scopes", "rate_limit", "created"]
     list_select_related = ["application", "tenant"]
     search_fields = ["application__name", "application__client_id", "tenant__slug"]
     list_filter = ["tenant"]
+    created = time_field("created_at", "created")
+
+    class Media:
+        css = {"all": [STYLESHEET]}
 
     @admin.display(ordering="application__name")
     def name(self, client: ApiClient) -> str:

@@ -3,7 +3,8 @@
 import html
 import json
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from datetime import timezone as fixed_offset
 
 import pytest
 from django.contrib.admin.models import LogEntry
@@ -14,6 +15,7 @@ from django.utils import timezone
 from oauth2_provider.models import Application
 
 from deliveries import dashboard
+from deliveries.admin_display import absolute_time, relative_time, time_html
 from deliveries.models import Attempt, Delivery, Status
 from deliveries.worker import deliver_batch
 from subscriptions.models import ApiClient, Subscription, Tenant
@@ -171,12 +173,133 @@ def test_the_lists_show_what_an_operator_looks_for(operator: Client, many_rows: 
 
     assert len(re.findall(r'class="action-select"', deliveries)) == ROWS
     assert "hr-status-failed" in deliveries and "hr-status-succeeded" in deliveries
-    assert re.search(r"in \d+\xa0minutes", deliveries)  # the next attempt, relative
-    assert '<td class="field-endpoint">https://hooks1.example.com/in</td>' in subscriptions  # no query (a token)
+    # The next attempt: the absolute time with its zone, and how soon it is.
+    assert re.search(r'<td class="field-next_attempt"><span class="hr-time"><time datetime="[^"]+Z">'
+                     r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time> <span class="hr-ago">in \d+ min( \d+ s)?</span>',
+                     deliveries)  # fmt: skip
+    # The URL without its query (it may hold a token), cut to its column, whole in the title.
+    assert 'title="https://hooks1.example.com/in">https://hooks1.example.com/in</span></a></th>' in subscriptions
     assert "order.*, invoice.#" in subscriptions
     assert "5 consecutive failed deliveries" in subscriptions
     # The fanned-out event counts its 50 pending deliveries and its own one, by status.
     assert re.search(r"50&nbsp;<span[^>]*>pending</span>", events)
+
+
+# --- Times: one absolute format with its zone, and how far from now ---
+
+NOW = datetime(2026, 12, 8, 14, 3, 21, tzinfo=UTC)
+ABSOLUTE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC")
+
+
+@pytest.mark.parametrize(
+    ("offset", "text"),
+    [
+        (timedelta(0), "now"),
+        (timedelta(milliseconds=900), "now"),
+        (timedelta(milliseconds=-900), "now"),
+        (timedelta(seconds=1), "in 1 s"),
+        (timedelta(seconds=40), "in 40 s"),
+        (timedelta(seconds=-40), "40 s ago"),
+        (timedelta(seconds=59.9), "in 59 s"),
+        (timedelta(minutes=5), "in 5 min"),
+        (timedelta(minutes=-5), "5 min ago"),
+        (timedelta(seconds=299.6), "in 4 min 59 s"),
+        (timedelta(hours=-3), "3 h ago"),
+        (timedelta(hours=3, minutes=12, seconds=40), "in 3 h 12 min"),
+        (timedelta(days=2, hours=3), "in 2 d 3 h"),
+        (timedelta(days=-400, seconds=-5), "400 d ago"),
+    ],
+)
+def test_relative_times_say_how_far_in_the_largest_units(offset: timedelta, text: str) -> None:
+    assert relative_time(NOW + offset, NOW) == text
+
+
+def test_absolute_times_are_in_utc_and_say_so() -> None:
+    paris = NOW.astimezone(fixed_offset(timedelta(hours=1)))
+
+    assert absolute_time(paris) == "2026-12-08 14:03:21 UTC"
+
+
+def test_a_time_shows_the_absolute_time_with_the_relative_one_beside_it() -> None:
+    html_text = time_html(NOW - timedelta(seconds=40), NOW)
+
+    assert html_text == (
+        '<span class="hr-time"><time datetime="2026-12-08T14:02:41Z">2026-12-08 14:02:41 UTC</time> '
+        '<span class="hr-ago">40 s ago</span></span>'
+    )
+    assert time_html(None) == "—"
+
+
+def test_every_admin_page_shows_times_in_one_format_with_the_zone(
+    operator: Client, many_rows: dict[str, str], subscribe
+) -> None:
+    platform = make_delivery(subscribe("https://platform.example.com/in"), Status.FAILED, completed_at=timezone.now())
+    pages = [
+        DELIVERIES_URL,
+        f"{DELIVERIES_URL}{many_rows['delivery']}/change/",
+        f"{DELIVERIES_URL}{quote(platform.pk)}/change/",
+        SUBSCRIPTIONS_URL,
+        f"{SUBSCRIPTIONS_URL}{many_rows['subscription']}/change/",
+        "/admin/webhooks/event/",
+        f"/admin/webhooks/event/{many_rows['event']}/change/",
+        "/admin/deliveries/attempt/",
+        f"/admin/deliveries/attempt/{many_rows['attempt']}/change/",
+        "/admin/subscriptions/tenant/",
+        f"/admin/subscriptions/tenant/{many_rows['tenant']}/change/",
+        "/admin/subscriptions/apiclient/",
+        "/admin/dashboard/",
+    ]
+    for url in pages:
+        page = operator.get(url).content.decode()
+        assert ABSOLUTE.search(page), f"{url} shows no time"
+        assert not re.search(r"[ap]\.m\.|\xa0(minute|hour|day)", page), f"{url} shows a time in another format"
+        assert ">None<" not in page, f"{url} shows None for no value"
+
+
+# --- Wording: the site's name, plurals ---
+
+
+def test_the_admin_is_called_hookrelay(operator: Client) -> None:
+    page = operator.get("/admin/").content.decode()
+
+    assert '<div id="site-name"><a href="/admin/">Hookrelay</a></div>' in page
+    assert "<title>Hookrelay administration | Hookrelay</title>" in page
+    assert "<h1>Hookrelay administration</h1>" in page
+    assert "Django administration" not in page and "Django site admin" not in page
+
+
+def test_the_lists_leave_the_width_to_the_table(operator: Client) -> None:
+    page = operator.get(DELIVERIES_URL).content.decode()
+
+    assert 'id="nav-sidebar"' not in page
+    assert "hookrelay/admin.css" in page
+
+
+def test_action_messages_count_in_the_singular_and_the_plural(operator: Client, subscribe) -> None:
+    one = subscribe("https://one.example.com/in")
+    two = [subscribe(f"https://two-{n}.example.com/in") for n in range(2)]
+    for subscription in two:
+        make_delivery(subscription, Status.PENDING, next_attempt_at=timezone.now())
+
+    assert texts(run_action(operator, SUBSCRIPTIONS_URL, "disable", [one])) == [
+        "Disabled 1 subscription; 0 pending deliveries failed."
+    ]
+    assert texts(run_action(operator, SUBSCRIPTIONS_URL, "disable", two)) == [
+        "Disabled 2 subscriptions; 2 pending deliveries failed."
+    ]
+    assert texts(run_action(operator, SUBSCRIPTIONS_URL, "enable", [one])) == ["Re-enabled 1 subscription."]
+    assert texts(run_action(operator, SUBSCRIPTIONS_URL, "enable", two)) == ["Re-enabled 2 subscriptions."]
+    [rotated] = texts(run_action(operator, SUBSCRIPTIONS_URL, "rotate_secret", [one]))
+    assert rotated.startswith("Rotated the secret of 1 subscription; the previous secret keeps signing for 24 hours.")
+    failed = list(Delivery.objects.filter(subscription__in=two))
+    assert texts(run_action(operator, DELIVERIES_URL, "redeliver_now", failed)) == [
+        "Queued 2 deliveries for redelivery now."
+    ]
+    assert texts(run_action(operator, DELIVERIES_URL, "cancel", failed)) == ["Cancelled 2 pending deliveries."]
+    deleted = texts(run_action(operator, SUBSCRIPTIONS_URL, "delete_keeping_history", [one], apply="Delete"))
+    assert deleted == ["Deleted 1 subscription; 0 pending deliveries cancelled."]
+    skipped = texts(run_action(operator, SUBSCRIPTIONS_URL, "enable", [one]))
+    assert skipped == [f"Skipped a deleted subscription: {one.pk}", "Re-enabled 0 subscriptions."]
 
 
 # --- Pages show history read-only ---
@@ -251,7 +374,7 @@ def test_redeliver_now_sends_a_new_attempt_with_the_same_webhook_id(
 ) -> None:
     response = run_action(operator, DELIVERIES_URL, "redeliver_now", [failed_delivery])
 
-    assert "Queued 1 deliveries for redelivery now." in texts(response)
+    assert "Queued 1 delivery for redelivery now." in texts(response)
     assert deliver_batch() == 1
     failed_delivery.refresh_from_db()
     assert failed_delivery.status == Status.SUCCEEDED
@@ -297,7 +420,7 @@ def test_cancel_stops_a_pending_delivery(
 
     response = run_action(operator, DELIVERIES_URL, "cancel", [pending, failed_delivery])
 
-    assert "Cancelled 1 pending deliveries." in texts(response)
+    assert "Cancelled 1 pending delivery." in texts(response)
     assert f"Not cancelled, not pending: {failed_delivery.pk}" in texts(response)
     pending.refresh_from_db()
     assert (pending.status, pending.next_attempt_at) == (Status.CANCELLED, None)
@@ -345,7 +468,7 @@ def test_disable_fails_pending_deliveries_and_enable_brings_it_back(operator: Cl
 
     response = run_action(operator, SUBSCRIPTIONS_URL, "disable", [subscription])
 
-    assert "Disabled 1 subscriptions; 1 pending deliveries failed." in texts(response)
+    assert "Disabled 1 subscription; 1 pending delivery failed." in texts(response)
     subscription.refresh_from_db()
     pending.refresh_from_db()
     assert (subscription.is_active, subscription.disabled_reason) == (False, "disabled in the admin by ops")
@@ -385,7 +508,7 @@ def test_recover_asks_for_a_date_then_requeues_failed_deliveries_since_then(
     since = (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
     response = run_action(operator, SUBSCRIPTIONS_URL, "recover_failed", [subscription], since=since, apply="Recover")
 
-    assert "Re-queued 2 failed deliveries of 1 subscriptions." in texts(response)
+    assert "Re-queued 2 failed deliveries of 1 subscription." in texts(response)
     for delivery in recent:
         delivery.refresh_from_db()
         assert (delivery.status, delivery.failures) == (Status.PENDING, 0)

@@ -2,14 +2,15 @@
 
 import socket
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from django.db import connection, transaction
 from django.http import HttpResponse
 from django.utils import timezone
 
 from deliveries.models import Attempt, Delivery, Status
-from deliveries.worker import deliver_batch
+from deliveries.worker import claim, deliver_batch
 from subscriptions.models import Subscription, Tenant
 from tests.conftest import Api, reply_sequence
 from tests.receiver import Receiver, Reply
@@ -396,6 +397,36 @@ def test_redelivering_a_failed_delivery_gives_it_a_fresh_retry_schedule(
     wait = delivery.next_attempt_at - timezone.now()
     assert timedelta(seconds=50) < wait <= timedelta(seconds=60)
     assert len(receiver.requests) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_redeliver_answers_with_the_state_it_wrote_though_a_worker_claims_the_row_at_once(
+    acme_api: Api, acme_subscription: Subscription, receiver: Receiver
+) -> None:
+    delivery = publish_one()
+    deliver_batch()
+    claimed: dict[str, int] = {}
+
+    def claim_when_committed(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.startswith('UPDATE "deliveries_delivery" SET "status"'):
+            # A worker's real claim, run the moment the redeliver commits and before the view answers.
+            transaction.on_commit(lambda: claimed.update(claim(10)))
+        return result
+
+    before = timezone.now()
+    with connection.execute_wrapper(claim_when_committed):
+        response = acme_api.post(detail(delivery.id, "redeliver/"))
+    after = timezone.now()
+
+    assert claimed == {delivery.id: 2}, "the worker did not claim the row between the write and the answer"
+    leased = Delivery.objects.get(pk=delivery.pk)
+    assert leased.next_attempt_at > after and leased.attempt_count == 2
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert (body["status"], body["attempt_count"], body["completed_at"]) == ("pending", 1, None)
+    assert before <= datetime.fromisoformat(body["next_attempt_at"]) <= after, "answered with the lease"
+    assert [a["number"] for a in body["attempts"]] == [1]
 
 
 def test_redeliver_is_409_when_the_subscription_is_inactive(

@@ -9,7 +9,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
-from deliveries.admin import json_block, relative_time, status_badge
+from deliveries.admin import json_block, status_badge
+from deliveries.admin_display import EMPTY, STYLESHEET, clipped, time_field
 from deliveries.models import Delivery, Status
 from deliveries.sender import safe_url
 from webhooks.models import Event
@@ -33,8 +34,10 @@ class DeliveryInline(admin.TabularInline):
     can_delete = False
     show_change_link = True
     ordering = ["created_at", "id"]
-    fields = ["id", "status_label", "endpoint", "attempt_count", "last_status_code", "next_attempt", "completed_at"]
+    fields = ["id", "status_label", "endpoint", "attempt_count", "last_status_code", "next_attempt", "completed"]
     readonly_fields = fields
+    next_attempt = time_field("next_attempt_at", "next attempt")
+    completed = time_field("completed_at", "completed")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Delivery]:
         return super().get_queryset(request).select_related("subscription")
@@ -46,10 +49,6 @@ class DeliveryInline(admin.TabularInline):
     @admin.display(description="endpoint")
     def endpoint(self, delivery: Delivery) -> str:
         return safe_url(delivery.subscription.url)
-
-    @admin.display(description="next attempt")
-    def next_attempt(self, delivery: Delivery) -> str:
-        return relative_time(delivery.next_attempt_at)
 
     def has_add_permission(self, request: HttpRequest, obj: Event | None = None) -> bool:
         return False
@@ -63,19 +62,31 @@ class DeliveryInline(admin.TabularInline):
 
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
-    list_display = ["id", "type", "tenant", "created_at", "deliveries_by_status"]
+    list_display = ["id", "event_type", "tenant_slug", "created", "deliveries_by_status"]
     list_filter = ["type", "tenant", "created_at"]
     list_select_related = ["tenant"]
     search_fields = ["id", "idempotency_key", "correlation_id"]
     search_help_text = "Event id (the webhook-id), idempotency key or correlation id."
     show_full_result_count = False
-    fields = ["id", "type", "tenant", "created_at", "idempotency_key", "correlation_id", "deliveries", "payload"]
+    fields = ["id", "type", "tenant", "created", "idempotency_key", "correlation_id", "deliveries", "payload"]
     readonly_fields = fields
     inlines = [DeliveryInline]
+    created = time_field("created_at", "created")
+
+    class Media:
+        css = {"all": [STYLESHEET]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Event]:
         counts = {f"n_{status}": deliveries_with(status) for status in Status.values}
         return super().get_queryset(request).select_related("tenant").annotate(**counts)
+
+    @admin.display(description="type", ordering="type")
+    def event_type(self, event: Event) -> SafeString:
+        return clipped(event.type)
+
+    @admin.display(description="tenant", ordering="tenant__slug")
+    def tenant_slug(self, event: Event) -> SafeString | str:
+        return clipped(event.tenant.slug) if event.tenant else EMPTY
 
     @admin.display(description="deliveries")
     def deliveries_by_status(self, event: Event) -> SafeString:
