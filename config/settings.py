@@ -98,6 +98,7 @@ MIDDLEWARE = [
     "webhooks.correlation.CorrelationIdMiddleware",
     "config.versioning.DeprecationMiddleware",
     "config.ratelimit.RateLimitMiddleware",
+    "config.malformed.MalformedInputMiddleware",
     "config.browser.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
