@@ -45,8 +45,12 @@ class TokenAuthentication(OAuth2Authentication):
     """
 
     def authenticate(self, request: Request) -> tuple | None:
-        token = bearer_token(request) if connection.vendor == "postgresql" else None
-        access_token = load_access_token(token) if token else None
+        token = bearer_token(request)
+        if token is None:
+            # Only the Authorization header carries a token (CONTRACT.md section 2); oauthlib would also
+            # take one from the query string or the form body.
+            return None
+        access_token = load_access_token(token) if connection.vendor == "postgresql" else None
         if access_token is None or access_token.is_expired() or not access_token.application.is_usable(request):
             return super().authenticate(request)
         remember_caller(token, access_token)
