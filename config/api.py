@@ -1,5 +1,7 @@
 """API plumbing shared by every app: pagination, and errors that are always JSON (CONTRACT.md section 3)."""
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions
 from rest_framework.pagination import PageNumberPagination
@@ -65,6 +67,8 @@ def server_error(request: HttpRequest) -> HttpResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if wants_json(request) and isinstance(exception, RequestDataTooBig):
+        return json_error(413, f"the request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes")
     if wants_json(request):
         return json_error(400, "Bad request.")
     from django.views.defaults import bad_request as html_bad_request

@@ -383,3 +383,28 @@ def test_every_valid_delivery_filter_still_filters(acme_api: Api, delivery: Deli
         results = acme_api.get("/api/v1/deliveries/", data=query).json()["results"]
         assert [row["id"] for row in results] == [delivery.id], query
     assert acme_api.get("/api/v1/deliveries/", data={"subscription": "sub_unknown"}).json()["count"] == 0
+
+
+# --- A body over the limit is 413 wherever it is sent ---
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/v1/subscriptions/"),
+        ("PATCH", "/api/v1/subscriptions/{id}/"),
+        ("PUT", "/api/v1/subscriptions/{id}/"),
+        ("POST", "/api/v1/subscriptions/{id}/rotate-secret/"),
+        ("POST", "/api/v1/subscriptions/{id}/recover/"),
+        ("POST", "/api/v1/events/"),
+    ],
+)
+def test_a_body_over_the_upload_limit_is_413(
+    acme_api: Api, subscription: Subscription, settings, method: str, path: str
+) -> None:
+    body = json.dumps({"description": "d" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE}).encode()
+
+    response = acme_api.http.generic(method, path.format(id=subscription.id), body, "application/json")
+
+    assert response.status_code == 413
+    assert "detail" in answered_in_json(response)
