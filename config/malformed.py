@@ -1,8 +1,11 @@
-"""NUL characters in a request's path, query string or headers are answered here, before any view or query.
+"""NUL characters in a request's path, query string, headers or form fields are answered here, before any
+view or query.
 
 PostgreSQL refuses NUL in text, so each one used to reach a lookup as a 500. No path of ours can contain
 one (an id that cannot exist is 404), no query parameter or header may (RFC 9110 section 5.5 lets a server
 reject a field value with NUL), and a bad parameter is a 400 naming it, as a filter's own validation does.
+Form bodies are the browser pages' (the admin's actions take ids from them); the API reads JSON only, and
+the token endpoint answers a client id with NUL itself, as RFC 6749 wants (``config.oauth``).
 """
 
 from collections.abc import Callable
@@ -13,6 +16,7 @@ from config.api import bad_request, not_found, wants_json
 
 NUL = "\x00"
 NUL_MESSAGE = "Null characters are not allowed."  # as Django's form fields word it
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 class MalformedInputMiddleware:
@@ -28,6 +32,8 @@ class MalformedInputMiddleware:
         header = header_with_nul(request.META)
         if header is not None:
             return refuse(request, {"detail": f"the {header} header contains a null character"})
+        if has_form_body(request) and any(NUL in key + "".join(values) for key, values in request.POST.lists()):
+            return refuse(request, {"detail": f"form body: {NUL_MESSAGE}"})
         return self.get_response(request)
 
 
@@ -39,6 +45,14 @@ def query_error(request: HttpRequest) -> dict[str, list[str] | str]:
         if any(NUL in value for value in values):
             return {name: [NUL_MESSAGE]}
     return {"detail": f"query string: {NUL_MESSAGE}"}
+
+
+def has_form_body(request: HttpRequest) -> bool:
+    return (
+        request.method == "POST"
+        and request.content_type in FORM_TYPES
+        and not request.path.startswith(("/api/", "/oauth/"))
+    )
 
 
 def header_with_nul(meta: dict) -> str | None:

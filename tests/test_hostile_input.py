@@ -217,6 +217,40 @@ def test_an_admin_object_path_with_a_nul_is_404(operator: Client, delivery: Deli
     assert operator.get(f"/admin/deliveries/delivery/{delivery.pk}%00/change/").status_code == 404
 
 
+def action_names(model_admin: admin.ModelAdmin) -> set[str]:
+    return {"delete_selected"} | {a if isinstance(a, str) else a.__name__ for a in model_admin.actions or ()}
+
+
+@pytest.mark.parametrize("label", ADMIN_LISTS)
+def test_a_nul_in_the_ids_an_admin_action_is_given_is_400(operator: Client, delivery: Delivery, label: str) -> None:
+    model = apps.get_model(label)
+    url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
+    operator.raise_request_exception = False
+
+    answers = {
+        (action, selected): operator.post(url, {"action": action, "_selected_action": [selected], "index": "0"})
+        for action in action_names(admin.site.get_model_admin(model))
+        for selected in ("\x00", f"{delivery.pk}\x00")
+    }
+
+    assert {key: response.status_code for key, response in answers.items() if response.status_code != 400} == {}
+
+
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [
+        ("/admin/login/", {"username": "ops\x00", "password": "pw"}),
+        ("/admin/subscriptions/tenant/add/", {"slug": "a\x00", "name": "A"}),
+        ("/admin/subscriptions/subscription/add/", {"url": "https://hooks.example.com/\x00", "events": "#"}),
+    ],
+)
+def test_a_nul_in_an_admin_form_field_is_400(operator: Client, path: str, form: dict) -> None:
+    operator.raise_request_exception = False
+
+    assert operator.post(path, form).status_code == 400
+    assert not Tenant.objects.filter(name="A").exists()
+
+
 # --- Event data nested too deeply: 400 on the data field, on both ingest paths ---
 
 
