@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from django.conf import settings
 
+from tests.conftest import Api, database_url
 from tests.processes import ROOT, HttpServer, Servers, web_env
+from webhooks.models import Event
 
 
 @pytest.fixture
@@ -185,3 +188,20 @@ def test_runserver_refuses_a_chunked_body_with_411_instead_of_reading_it_as_empt
 
     assert answer.status == 411
     assert "Content-Length" in answer.json()["detail"]
+
+
+@pytest.mark.services
+def test_chunked_events_take_both_ingest_paths_on_postgresql(transactional_db, tmp_path: Path, acme_api: Api) -> None:
+    services = {"REDIS_URL": settings.REDIS_URL, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL}
+    with Servers(tmp_path, web_env(tmp_path, DATABASE_URL=database_url(), **services)) as servers:
+        web = servers.web(workers=1, threads=1)
+        # The first request checks the token through DRF; the next ones publish below it (webhooks.ingest).
+        answers = [
+            exchange(web, request_head("/api/v1/events/", acme_api.token, None), chunked(event(n * 1000)))
+            for n in range(3)
+        ]
+        oversize = exchange(web, request_head("/api/v1/events/", acme_api.token, None), chunked(event(300 * 1024)))
+
+    assert [answer.status for answer in answers] == [202, 202, 202]
+    assert sorted(len(e.data["padding"]) for e in Event.objects.all()) == [0, 1000, 2000]
+    assert oversize.status == 413
