@@ -9,7 +9,9 @@ from rest_framework import exceptions, parsers
 # Deeper bodies are refused before parsing: json, the serializers and the checks after them recurse once
 # per level, and Python's recursion limit turned a body a few hundred levels deep into a 500.
 MAX_JSON_DEPTH = 64
-JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:]', re.DOTALL)
+# A string token runs to its closing quote or, unterminated, to the end of the body: requiring the closing
+# quote made an unterminated string of escaped quotes cost quadratic time (a match tried from every quote).
+JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\Z)|[\[\]{}:]', re.DOTALL)
 
 
 class JSONParser(parsers.JSONParser):

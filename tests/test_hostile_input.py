@@ -442,3 +442,18 @@ def test_a_body_over_the_upload_limit_is_413(
 
     assert response.status_code == 413
     assert "detail" in answered_in_json(response)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100 + b'"' + b'\\"' * 5000,  # an unterminated string full of escaped quotes
+        b'{"data": "' + b"[" * 100 + b"\\",
+        b'{"data": ' + b"[" * 100 + b'"]]]}',
+    ],
+)
+def test_a_malformed_body_with_many_brackets_is_400(acme_api: Api, body: bytes) -> None:
+    response = acme_api.http.generic("POST", "/api/v1/events/", body, "application/json")
+
+    assert response.status_code == 400
+    assert answered_in_json(response)
