@@ -41,7 +41,8 @@ class TokenAuthentication(OAuth2Authentication):
     Nothing is trusted between requests: a deleted client or an expired or revoked token is refused on
     its next request. What a check found is remembered only as a hint (``Caller``) that the statement
     acting on it confirms. Anything but a current, unrestricted bearer token of an API client goes to DOT
-    itself, so every refusal keeps DOT's answer and ``WWW-Authenticate`` challenge.
+    itself, so every refusal keeps DOT's answer and ``WWW-Authenticate`` challenge. A request without a
+    bearer token in its Authorization header is anonymous, whatever it carries elsewhere.
     """
 
     def authenticate(self, request: Request) -> tuple | None:
