@@ -3,7 +3,8 @@ view or query.
 
 PostgreSQL refuses NUL in text, so each one used to reach a lookup as a 500. No path of ours can contain
 one (an id that cannot exist is 404), no query parameter or header may (RFC 9110 section 5.5 lets a server
-reject a field value with NUL), and a bad parameter is a 400 naming it, as a filter's own validation does.
+reject a field value with NUL), and a bad parameter or header is a 400 naming it, as a filter's own
+validation does.
 Form bodies are the browser pages' (the admin's actions take ids from them); the API reads JSON only, and
 the token endpoint answers a client id with NUL itself, as RFC 6749 wants (``config.oauth``).
 """
@@ -31,7 +32,7 @@ class MalformedInputMiddleware:
             return refuse(request, query_error(request))
         header = header_with_nul(request.META)
         if header is not None:
-            return refuse(request, {"detail": f"the {header} header contains a null character"})
+            return refuse(request, {header: [NUL_MESSAGE]})
         if has_form_body(request) and any(NUL in key + "".join(values) for key, values in request.POST.lists()):
             return refuse(request, {"detail": f"form body: {NUL_MESSAGE}"})
         return self.get_response(request)
