@@ -52,7 +52,7 @@ def has_form_body(request: HttpRequest) -> bool:
     return (
         request.method == "POST"
         and request.content_type in FORM_TYPES
-        and not request.path.startswith(("/api/", "/oauth/"))
+        and not request.path_info.startswith(("/api/", "/oauth/"))
     )
 
 
