@@ -1,7 +1,9 @@
 """API plumbing shared by every app: pagination, and errors that are always JSON (CONTRACT.md section 3)."""
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from rest_framework import exceptions, parsers
+from rest_framework import exceptions
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -34,22 +36,10 @@ def positive_int(raw: str, name: str) -> int:
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
-    if isinstance(exc, RecursionError) and raised_while_parsing(exc):
-        # DRF's JSONParser turns only ValueError into a 400; json raises RecursionError on deep nesting.
-        exc = exceptions.ParseError("JSON parse error - nested too deeply")
     response = drf_exception_handler(exc, context)
     if response is not None and isinstance(response.data, list):
         response.data = {"detail": " ".join(str(item) for item in response.data)}
     return response
-
-
-def raised_while_parsing(exc: BaseException) -> bool:
-    frame = exc.__traceback__
-    while frame is not None:
-        if frame.tb_frame.f_code is parsers.JSONParser.parse.__code__:
-            return True
-        frame = frame.tb_next
-    return False
 
 
 def json_error(status: int, detail: str) -> JsonResponse:
@@ -77,6 +67,8 @@ def server_error(request: HttpRequest) -> HttpResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if wants_json(request) and isinstance(exception, RequestDataTooBig):
+        return json_error(413, f"the request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes")
     if wants_json(request):
         return json_error(400, "Bad request.")
     from django.views.defaults import bad_request as html_bad_request

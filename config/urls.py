@@ -1,9 +1,9 @@
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from oauth2_provider.views import TokenView
 
 from config import views
+from config.oauth import TokenView
 
 handler400 = "config.api.bad_request"
 handler404 = "config.api.not_found"

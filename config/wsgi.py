@@ -4,4 +4,6 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-application = get_wsgi_application()
+from config.request_body import RequestBodyMiddleware  # noqa: E402 - reads settings, configured above
+
+application = RequestBodyMiddleware(get_wsgi_application())

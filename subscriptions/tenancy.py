@@ -41,12 +41,17 @@ class TokenAuthentication(OAuth2Authentication):
     Nothing is trusted between requests: a deleted client or an expired or revoked token is refused on
     its next request. What a check found is remembered only as a hint (``Caller``) that the statement
     acting on it confirms. Anything but a current, unrestricted bearer token of an API client goes to DOT
-    itself, so every refusal keeps DOT's answer and ``WWW-Authenticate`` challenge.
+    itself, so every refusal keeps DOT's answer and ``WWW-Authenticate`` challenge. A request without a
+    bearer token in its Authorization header is anonymous, whatever it carries elsewhere.
     """
 
     def authenticate(self, request: Request) -> tuple | None:
-        token = bearer_token(request) if connection.vendor == "postgresql" else None
-        access_token = load_access_token(token) if token else None
+        token = bearer_token(request)
+        if token is None:
+            # Only the Authorization header carries a token (CONTRACT.md section 2); oauthlib would also
+            # take one from the query string or the form body.
+            return None
+        access_token = load_access_token(token) if connection.vendor == "postgresql" else None
         if access_token is None or access_token.is_expired() or not access_token.application.is_usable(request):
             return super().authenticate(request)
         remember_caller(token, access_token)

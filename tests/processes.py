@@ -1,4 +1,5 @@
-"""Real server processes for tests: gunicorn web processes and a private redis-server, on free 127.0.0.1 ports.
+"""Real server processes for tests: gunicorn or runserver web processes and a private redis-server, on free
+127.0.0.1 ports.
 
 Each process runs in its own process group, so stopping it also stops its children (gunicorn workers),
 and ``Servers`` stops every one it started, whatever the test did.
@@ -62,7 +63,25 @@ class Process:
             raise AssertionError(f"{self.process.args[:4]} exited early:\n{self.output()[-3000:]}")
 
 
-class Web(Process):
+class HttpServer(Process):
+    port: int
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_ready(self, timeout: float = 30.0) -> "HttpServer":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                requests.get(self.url("/ready-probe"), timeout=30)  # any answer will do: a 404 touches nothing
+                return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise AssertionError(f"{self.process.args[:4]} not answering:\n{self.output()[-3000:]}")
+
+
+class Web(HttpServer):
     """``gunicorn config.wsgi`` on its own port."""
 
     stop_signal = signal.SIGINT  # gunicorn's quick shutdown
@@ -76,19 +95,13 @@ class Web(Process):
         args += ["--timeout", "60", "--graceful-timeout", "2"]
         super().__init__(args, env, log)
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
 
-    def wait_ready(self, timeout: float = 30.0) -> "Web":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                requests.get(self.url("/ready-probe"), timeout=30)  # any answer will do: a 404 touches nothing
-                return self
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        raise AssertionError(f"gunicorn not answering:\n{self.output()[-3000:]}")
+class RunServer(HttpServer):
+    """``python manage.py runserver``, the development server, on its own port and without the autoreloader."""
+
+    def __init__(self, env: dict[str, str], log: Path, port: int) -> None:
+        self.port = port
+        super().__init__([sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"], env, log)
 
 
 class RedisServer(Process):
@@ -128,7 +141,16 @@ class Servers:
         log = self.directory / f"web{len(self.started)}.log"
         web = Web(full_env, log, port or free_port(), workers, threads)
         self.started.append(web)
-        return web.wait_ready()
+        web.wait_ready()
+        return web
+
+    def runserver(self, port: int | None = None, **env: str) -> RunServer:
+        server = RunServer(
+            {**self.base_env, **env}, self.directory / f"runserver{len(self.started)}.log", port or free_port()
+        )
+        self.started.append(server)
+        server.wait_ready()
+        return server
 
     def redis(self, port: int | None = None) -> RedisServer:
         server = RedisServer(self.directory / f"redis{len(self.started)}.log", port or free_port())

@@ -1,6 +1,7 @@
 """No input, however malformed, gets a 5xx, and every answer is JSON (CONTRACT.md section 3).
 
-Generated bodies go to every write endpoint and generated query strings to every list endpoint. Bodies are
+Generated bodies go to every write endpoint, generated query strings to every list endpoint and arbitrary
+text (NUL and lone surrogates included) into every id route and every filter. Bodies are
 encoded here (``json.dumps`` escapes lone surrogates such as ``\\ud800``, which a real client may send) and
 sent as raw bytes, so the server's own parser sees them exactly as a client would send them.
 """
@@ -9,6 +10,7 @@ import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import pytest
 from django.http import HttpResponse
@@ -254,6 +256,63 @@ def test_a_raw_query_string_never_gets_a_5xx(world: World, path: str, raw: str, 
     response = world.api(platform).http.generic("GET", path, QUERY_STRING=raw)
 
     assert_answered_in_json(response)
+
+
+# --- Arbitrary text in every id and every filter, NUL and lone surrogates included ---
+
+ID_FUZZ = hypothesis_settings(FUZZ, max_examples=150)
+ID_ROUTES = [
+    ("GET", "subscriptions/{}/"),
+    ("PATCH", "subscriptions/{}/"),
+    ("DELETE", "subscriptions/{}/"),
+    ("GET", "subscriptions/{}/secret/"),
+    ("POST", "subscriptions/{}/rotate-secret/"),
+    ("POST", "subscriptions/{}/ping/"),
+    ("POST", "subscriptions/{}/recover/"),
+    ("GET", "deliveries/{}/"),
+    ("POST", "deliveries/{}/redeliver/"),
+]
+FILTERS = {
+    "/api/v1/subscriptions/": ["is_active", "event", "page", "page_size"],
+    "/api/v1/deliveries/": ["subscription", "status", "event_type", "event", "page", "page_size"],
+}
+id_texts = st.text(any_char, max_size=30) | st.builds("{}{}".format, st.sampled_from(["sub_", "dlv_"]), texts)
+
+
+def percent_encoded(text: str) -> str:
+    """Every character percent-encoded as UTF-8; a lone surrogate as the bytes a lenient encoder makes."""
+    return quote(text, safe="", errors="surrogatepass")
+
+
+@ID_FUZZ
+@given(
+    route=st.sampled_from(ID_ROUTES),
+    prefix=st.sampled_from(["/api/v1/", "/api/"]),
+    text=id_texts,
+    platform=st.booleans(),
+)
+def test_any_text_as_an_id_never_gets_a_5xx(
+    world: World, route: tuple[str, str], prefix: str, text: str, platform: bool
+) -> None:
+    method, template = route
+
+    response = send(world.api(platform), method, prefix + template.format(percent_encoded(text)), b"{}")
+
+    assert_answered_in_json(response)
+    if "\x00" in text:
+        assert response.status_code == 404
+
+
+@ID_FUZZ
+@given(data=st.data(), path=st.sampled_from(list(FILTERS)), platform=st.booleans())
+def test_any_text_in_any_filter_never_gets_a_5xx(world: World, data: st.DataObject, path: str, platform: bool) -> None:
+    query = data.draw(st.dictionaries(st.sampled_from(FILTERS[path]), st.text(any_char, max_size=30), min_size=1))
+    raw = "&".join(f"{name}={percent_encoded(value)}" for name, value in query.items())
+
+    response = world.api(platform).http.generic("GET", path, QUERY_STRING=raw)
+
+    assert_answered_in_json(response)
+    assert response.status_code in (200, 400, 404)
 
 
 # --- Known troublemakers, every one at every endpoint ---

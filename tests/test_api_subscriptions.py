@@ -751,6 +751,24 @@ def test_a_ping_to_a_private_address_is_blocked_when_private_networks_are_not_al
     assert receiver.requests == []
 
 
+@pytest.mark.parametrize("address", ["64:ff9b::7f00:1", "2002:a9fe:a9fe::", "::ffff:0:7f00:1"])
+def test_a_ping_to_a_name_resolving_to_an_ipv6_address_carrying_a_private_ipv4_is_blocked_and_recorded(
+    acme_api: Api, no_outside_dns: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    created = create(acme_api, url="https://rebind.example.net/hook")
+    no_outside_dns["rebind.example.net"] = [address]
+
+    def create_connection(target: tuple, *args: object, **kwargs: object) -> socket.socket:
+        pytest.fail(f"the guard let a connection to {target} through")
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    body = acme_api.post(detail(created["id"], "ping/")).json()
+
+    assert body["error"] == "blocked: private address"
+    (attempt,) = Attempt.objects.filter(delivery__subscription_id=created["id"])
+    assert (attempt.error, attempt.status_code) == ("blocked: private address", None)
+
+
 def test_ping_needs_the_write_scope(acme_api: Api, make_api: Callable[..., Api], receiver: Receiver) -> None:
     created = create(acme_api)
     reader = make_api(tenant="acme", scopes=["subscriptions.read"])
@@ -889,6 +907,15 @@ BAD_URLS = {
     "ipv4-mapped loopback": "http://[::ffff:127.0.0.1]/hook",
     "ipv6 unique local": "http://[fd00::1]/hook",
     "name resolving to private": "https://internal.example.com/hook",
+    "nat64 loopback": "http://[64:ff9b::7f00:1]/hook",
+    "nat64 metadata": "http://[64:ff9b::a9fe:a9fe]/hook",
+    "local-use nat64 loopback": "http://[64:ff9b:1::7f00:1]/hook",
+    "6to4 metadata": "http://[2002:a9fe:a9fe::]/hook",
+    "6to4 private": "http://[2002:a00:1::1]/hook",
+    "ipv4-compatible loopback": "http://[::7f00:1]/hook",
+    "ipv4-translated loopback": "http://[::ffff:0:7f00:1]/hook",
+    "teredo loopback client": "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook",
+    "name resolving to nat64 loopback": "https://nat64.example.com/hook",
 }
 
 
@@ -897,6 +924,7 @@ def test_a_bad_url_is_400_naming_url_and_stores_nothing(
     acme_api: Api, no_outside_dns: dict[str, list[str]], url: object
 ) -> None:
     no_outside_dns["internal.example.com"] = ["10.1.2.3"]
+    no_outside_dns["nat64.example.com"] = ["64:ff9b::7f00:1"]
 
     response = acme_api.post(SUBSCRIPTIONS, {"url": url, "events": ["#"]})
 
@@ -921,6 +949,8 @@ GOOD_URLS = {
     "public name": PUBLIC_URL,
     "public name with query": PUBLIC_URL + "?token=abc",
     "public ip": f"https://{PUBLIC_ADDRESS}:8443/hook",
+    "nat64 of a public ip": "https://[64:ff9b::808:808]/hook",
+    "6to4 of a public ip": "https://[2002:808:808::1]/hook",
     "name that does not resolve yet": "https://not-yet.example.org/hook",
     "exactly 2048 characters": LONG_URL,
 }

@@ -59,8 +59,33 @@ PRIVATE_ADDRESSES = [
     "::ffff:10.0.0.1",
     "::ffff:127.0.0.1",
     "::ffff:169.254.169.254",
+    # IPv6 addresses carrying a non-public IPv4 address.
+    "::7f00:1",  # IPv4-compatible
+    "::a9fe:a9fe",
+    "::ffff:0:7f00:1",  # IPv4-translated
+    "::ffff:0:a00:1",
+    "64:ff9b::7f00:1",  # NAT64
+    "64:ff9b::a9fe:a9fe",
+    "64:ff9b::c0a8:101",
+    "64:ff9b::e000:1",
+    "64:ff9b:1::7f00:1",  # local-use NAT64, IPv4 in the last 32 bits
+    "64:ff9b:1:7f00:0:100::",  # local-use NAT64 as a /48, IPv4 around the "u" octet
+    "2002:a9fe:a9fe::",  # 6to4
+    "2002:7f00:1::1",
+    "2002:a00:1:1::1",
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+    "2001:0:4136:e378:8000:63bf:f7f7:f7f7",  # Teredo is never global, whatever its client
 ]
-PUBLIC_ADDRESSES = ["8.8.8.8", "1.1.1.1", "93.184.215.14", "2606:4700:4700::1111", "::ffff:8.8.8.8"]
+PUBLIC_ADDRESSES = [
+    "8.8.8.8",
+    "1.1.1.1",
+    "93.184.215.14",
+    "2606:4700:4700::1111",
+    "::ffff:8.8.8.8",
+    "64:ff9b::808:808",
+    "2002:808:808::1",
+    "::ffff:0:808:808",
+]
 
 
 def spec_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
@@ -731,7 +756,9 @@ def test_it_refuses_a_name_resolving_to_a_non_public_address(
     assert (result.status_code, result.error) == (None, "blocked: private address")
 
 
-@pytest.mark.parametrize("address", ["10.0.0.1", "169.254.169.254", "::ffff:10.0.0.1", "fe80::1"])
+@pytest.mark.parametrize(
+    "address", ["10.0.0.1", "169.254.169.254", "::ffff:10.0.0.1", "fe80::1", "64:ff9b::7f00:1", "2002:a9fe:a9fe::"]
+)
 def test_it_refuses_a_literal_non_public_address_in_the_url(block_private, never_connect, address: str) -> None:
     host = f"[{address}]" if ":" in address else address
     result = sender.send(message(f"http://{host}:8080/in"))

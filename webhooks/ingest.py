@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from rest_framework.renderers import JSONRenderer
 
+from config.parsers import nesting_error
 from subscriptions.tenancy import bearer_token, remembered_caller
 from webhooks.publishing import publish_if
 from webhooks.serializers import EventSerializer, plainly_valid_event
@@ -67,16 +68,16 @@ def publish_plainly(request: HttpRequest) -> HttpResponse | None:
 
 def plainly_valid_body(request: HttpRequest) -> dict | None:
     """The body as DRF's JSONParser would read it (UTF-8, no NaN or Infinity) if ``plainly_valid_event``
-    accepts it, within the size limit; else None."""
+    accepts it, within the size and nesting limits; else None."""
     declared = request.META.get("CONTENT_LENGTH") or "0"
     if not declared.isdigit() or int(declared) > settings.EVENT_MAX_BODY_BYTES:
         return None
     raw = request.body
-    if len(raw) > settings.EVENT_MAX_BODY_BYTES:
+    if len(raw) > settings.EVENT_MAX_BODY_BYTES or nesting_error(raw) is not None:
         return None
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=refuse_constant)
-    except (ValueError, RecursionError):
+    except ValueError:
         return None
     return plainly_valid_event(body)
 
