@@ -48,14 +48,21 @@ class TokenAuthentication(OAuth2Authentication):
     def authenticate(self, request: Request) -> tuple | None:
         token = bearer_token(request)
         if token is None:
-            # Only the Authorization header carries a token (CONTRACT.md section 2); oauthlib would also
-            # take one from the query string or the form body.
+            # Only the Authorization header carries a token: one in a URL ends up in logs and proxies'
+            # histories, and oauthlib would also take one from the query string or the form body.
             return None
         access_token = load_access_token(token) if connection.vendor == "postgresql" else None
         if access_token is None or access_token.is_expired() or not access_token.application.is_usable(request):
-            return super().authenticate(request)
+            return self.authenticate_with_dot(request)
         remember_caller(token, access_token)
         return access_token.user, access_token
+
+    def authenticate_with_dot(self, request: Request) -> tuple:
+        """DOT's own check; a token it refuses is 401 saying so, not the "not provided" of a missing one."""
+        user_and_token = super().authenticate(request)
+        if user_and_token is None:
+            raise exceptions.AuthenticationFailed("The access token is invalid or has expired.")
+        return user_and_token
 
 
 def bearer_token(request: Request) -> str | None:

@@ -399,6 +399,7 @@ def test_every_endpoint_is_401_without_a_token(world: World, endpoint: Endpoint)
 
     assert_refused(response, 401, before, world)
     assert response["WWW-Authenticate"].startswith("Bearer")
+    assert "not provided" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=ENDPOINT_IDS)
@@ -408,6 +409,7 @@ def test_every_endpoint_is_401_with_a_token_that_was_never_issued(world: World, 
     response = call(bearer("not-a-real-token"), endpoint, world)
 
     assert_refused(response, 401, before, world)
+    assert response.json() == {"detail": "The access token is invalid or has expired."}
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=ENDPOINT_IDS)
@@ -421,6 +423,7 @@ def test_every_endpoint_is_401_with_an_expired_token(
     response = call(api.http, endpoint, world)
 
     assert_refused(response, 401, before, world)
+    assert response.json() == {"detail": "The access token is invalid or has expired."}
 
 
 @pytest.mark.parametrize("endpoint", SCOPED_ENDPOINTS, ids=[f"{e.method} {e.path}" for e in SCOPED_ENDPOINTS])
