@@ -1,4 +1,4 @@
-"""API plumbing shared by every app: pagination, and errors that are always JSON (CONTRACT.md section 3)."""
+"""API plumbing shared by every app: pagination, and errors that are always JSON (docs/api.md)."""
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig

@@ -2,7 +2,7 @@
 
 A request under ``/api/`` authenticates with a bearer token (DRF, no session authentication) and its
 answers never carry a message, so these middlewares leave it alone: a session store, a lazy user and a
-message store made for every API request were about 5 % of an ingest request's instructions (issue 6).
+message store made for every API request were about 5 % of an ingest request's instructions.
 They stay in ``MIDDLEWARE`` under their own names, as subclasses, which the admin's system checks look for;
 the admin, the dashboard and ``/oauth/`` get them as before.
 """

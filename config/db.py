@@ -19,7 +19,7 @@ def planned_once(connection: BaseDatabaseWrapper | None = None) -> Iterator[Curs
 
     Django binds parameters on the client and turns psycopg's prepared statements off, so PostgreSQL
     parses and plans every statement anew: planning was about 0.23 of the 0.6 ms of PostgreSQL's CPU
-    that one ``publish()`` cost (issue 6). This is a psycopg server-side-binding cursor that prepares,
+    that one ``publish()`` cost. This is a psycopg server-side-binding cursor that prepares,
     inside Django's wrapper (errors become Django's, queries are logged as usual). A transaction-pooling
     PgBouncer older than 1.21 cannot follow prepared statements: set ``WEBHOOK_PREPARED_STATEMENTS``
     to false there.
@@ -51,7 +51,7 @@ def planned_once(connection: BaseDatabaseWrapper | None = None) -> Iterator[Curs
         return
     # One cursor per connection, kept between statements: making and closing one (psycopg's cursor with
     # its adapters, Django's wrapper) made this block cost 8-10 us of CPU, now 3-4; 626,045 -> 589,277
-    # instructions per publish() (issue 6). Taken while in use, so a statement run inside another's
+    # instructions per publish(). Taken while in use, so a statement run inside another's
     # block gets a cursor of its own.
     kept = connection.__dict__.pop(KEPT, None)
     cursor = kept if kept is not None and kept.cursor.connection is pg and not kept.cursor.closed else None

@@ -20,8 +20,8 @@ class CorrelationIdFilter(logging.Filter):
 
 class Formatter(logging.Formatter):
     """logging's formatter, with the date and time of the default format made once per second: a worker
-    logs a line per attempt, and ``time.localtime`` with ``strftime`` for each was 1.7 % of a drain's CPU
-    (issue 6). The same text as ``logging.Formatter`` writes."""
+    logs a line per attempt, and ``time.localtime`` with ``strftime`` for each was 1.7 % of a drain's CPU.
+    The same text as ``logging.Formatter`` writes."""
 
     _second: tuple[int, str] = (-1, "")
 

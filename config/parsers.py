@@ -1,4 +1,4 @@
-"""The API's JSON parser: DRF's, with a limit on nesting checked before parsing (CONTRACT.md section 3)."""
+"""The API's JSON parser: DRF's, with a limit on nesting checked before parsing (docs/api.md)."""
 
 import io
 import json

@@ -5,7 +5,7 @@ host shares one count and a window never lets more than the limit through. Witho
 counts per process. If Redis is down the API keeps serving (fails open).
 
 Under a generous limit a process takes its counts from Redis a few at a time (``Counter.batch``): the call
-per request was about 5 % of an ingest request's instructions, besides Redis's own work (issue 6). A batch
+per request was about 5 % of an ingest request's instructions, besides Redis's own work. A batch
 is numbered like the requests it counts (the first gets the count after Redis's previous one), so
 ``X-RateLimit-Remaining`` still counts down and the limit is still never exceeded. A count taken but not
 used in its window is lost to the client: the batch is at most 1/256 of the limit and single counts are

@@ -14,7 +14,7 @@ class Script:
     request).
 
     redis-py's ``register_script`` takes a connection from the pool, runs its retry wrapper and packs the
-    command again on every call: a quarter of ``publish()``'s CPU (issue 6). This keeps one connection
+    command again on every call: a quarter of ``publish()``'s CPU. This keeps one connection
     (shared by the process's threads under a lock), writes EVALSHA and reads the reply. A script Redis has
     forgotten (a restart, ``SCRIPT FLUSH``) is loaded and the call sent again; a broken connection is
     reopened once, then the error is the caller's.

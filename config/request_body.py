@@ -1,4 +1,4 @@
-"""The request body between the WSGI server and Django (CONTRACT.md section 3).
+"""The request body between the WSGI server and Django (docs/api.md).
 
 A body sent with ``Transfer-Encoding: chunked`` is read like one with ``Content-Length``: gunicorn de-chunks
 it (``wsgi.input_terminated``), but Django reads only ``CONTENT_LENGTH`` bytes, none when it is absent, so

@@ -68,5 +68,5 @@ def fanout_after_event_params(subscription_ids: list[str]) -> dict:
 def text_array(values: list[str]) -> str:
     """A PostgreSQL array literal of ``values`` (each quoted), for a parameter the statement casts to
     ``text[]``. psycopg's list adapter looks up a dumper and quotes element by element in Python: with
-    one subscription, the two arrays were about 5 % of a ``publish()``'s CPU (issue 6)."""
+    one subscription, the two arrays were about 5 % of a ``publish()``'s CPU."""
     return "{" + ",".join(['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]) + "}"

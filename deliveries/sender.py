@@ -2,7 +2,7 @@
 
 It speaks just the HTTP/1.1 a webhook POST needs, on plain sockets: one write per request, and of the
 answer only its status line, its framing (Content-Length, chunked or close) and its Content-Encoding.
-CPU per signed 1 KiB POST to a local sink, one thread (issue 6): requests about 700 µs, ``http.client``
+CPU per signed 1 KiB POST to a local sink, one thread: requests about 700 µs, ``http.client``
 262 µs (both on the Intel box of the first benchmarks); on the AMD box of the latest, ``http.client``
 104-114 µs and this 43-47 µs. ``http.client`` built each request header by header, wrote head and body
 separately, and parsed every answer's headers with the ``email`` package: a quarter of a worker's CPU
@@ -69,7 +69,7 @@ def private_networks_allowed() -> bool:
 def guarded_connection(address: tuple[str, int], timeout: float | None, source_address=None) -> socket.socket:
     """Resolve once, refuse non-public answers, connect to the address that was checked, check the peer.
 
-    Checking at connect time (not only at registration) defeats DNS rebinding (DESIGN.md section 5). The
+    Checking at connect time (not only at registration) defeats DNS rebinding (docs/architecture.md). The
     connection keeps the host name, so Host, SNI and certificate checks use it.
     """
     host, port = address
@@ -357,7 +357,7 @@ def send(message: Message) -> Result:
     """One attempt, blocking this thread: connect if need be, send, read the answer."""
     started_at = timezone.now()
     start = time.monotonic()
-    # Connect, send and read together (CONTRACT.md section 1): one deadline for the whole attempt.
+    # Connect, send and read together (docs/api.md): one deadline for the whole attempt.
     status_code, error, excerpt = _post(message, start + settings.WEBHOOK_TIMEOUT)
     duration_ms = int((time.monotonic() - start) * 1000)
     return Result(started_at, duration_ms, status_code, error, excerpt)
@@ -396,7 +396,7 @@ class Exchanges:
 
     A send thread cost every send two hand-offs between threads, each a wake-up and a wait for the GIL:
     in process, a drain with one send thread took 242 µs of CPU a delivery where the same sends one after
-    another took 181 (issue 6). Here a send is written, and its answer read when its socket is readable,
+    another took 181. Here a send is written, and its answer read when its socket is readable,
     by the thread that claims and records. Only sends on a connection already open come here: opening one
     (name lookup, address guard, connect, TLS handshake) blocks, so those sends stay on send threads,
     which leave their connection in the pool for the next. A send thread that finishes calls ``wake`` to
@@ -574,7 +574,7 @@ class Answer:
     body. ``feed`` it what each read returned (``b""`` at the end of the stream) until it returns True.
 
     It does no I/O of its own, so a send thread blocking on its socket and a drain multiplexing many sockets
-    (``Exchanges``) read answers the same way. The status line decides the outcome (CONTRACT.md section 4):
+    (``Exchanges``) read answers the same way. The status line decides the outcome (docs/api.md):
     a body that breaks off or fails to decompress after a 2xx is only a lost excerpt, not a failed attempt.
     """
 
@@ -760,7 +760,7 @@ def _decoder(encoding: str):
 
 
 def describe_error(exc: BaseException, timed_out: bool = False) -> str:
-    """The short forms of CONTRACT.md section 3: timeout, connection refused, dns: ..., blocked: ...
+    """The short forms of docs/api.md: timeout, connection refused, dns: ..., blocked: ...
 
     ``timed_out``: the attempt's deadline had passed when it failed, so the watchdog (or a socket
     timeout) ended it.
@@ -784,7 +784,7 @@ def describe_error(exc: BaseException, timed_out: bool = False) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def safe_url(url: str) -> str:
-    """Scheme, host and path only: a query string may hold a token (CONTRACT.md section 4).
+    """Scheme, host and path only: a query string may hold a token (docs/api.md).
 
     Never raises: it runs in logging and alert paths, and URLField accepts ports urlsplit rejects (``:99999``).
     """

@@ -9,7 +9,7 @@ One drain at a time is the listener (``LISTENER_KEY``, its token, refreshed whil
 be back at the doorbell within moments, so a publish only rings. Under a steady stream of events
 that keeps the other worker processes out of the way, and the listener claims what arrived since
 its last claim at once; four drains sharing the stream claimed 3.3 rows at a time, one in five
-claims empty (issue 6). A backlog still spreads over every process: a claim that comes back full
+claims empty. A backlog still spreads over every process: a claim that comes back full
 queues another drain whether or not someone listens.
 
 A listener that keeps finding rows at every look promises to look again after a moment, rung or not
@@ -80,7 +80,7 @@ class _Redis:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=2)
-        # The same call on every publish: packed once (issue 6).
+        # The same call on every publish: packed once.
         self.ring = Script(settings.REDIS_URL, RING_SCRIPT, timeout=2)
         keys = [WAKE_KEY, DOORBELL_KEY, LISTENER_KEY, PROMISE_KEY]
         self.ring_call = self.ring.pack(keys, [WAKE_TTL, 0])

@@ -1,6 +1,6 @@
 """The worker loop: claim due rows with a lease, send outside any transaction, record the batch.
 
-DESIGN.md sections 3 and 6: the claim is one autocommit UPDATE, so the lease is committed before any
+The claim is one autocommit UPDATE, so the lease is committed before any
 HTTP call; a worker killed mid-send leaves a lease that expires and the sweeper hands the row out again.
 """
 
@@ -44,7 +44,7 @@ SUCCESS_MARK_EVERY = timedelta(seconds=1)  # last_success_at is kept to the seco
 # generic plan (after five runs, when the table looked small), "status = $1" cannot prove the predicate
 # of the partial index "delivery_due". That plan read every pending row by "delivery_status" and sorted
 # them, leased ones included: about 870 index entries a claim in the end to end benchmark, and as many
-# as the backlog holds after it grew (issue 6).
+# as the backlog holds after it grew.
 CLAIMED_POSTGRESQL = (
     "WITH due AS (SELECT id FROM deliveries_delivery WHERE status = 'pending' AND next_attempt_at <= %(now)s "
     "AND NOT (subscription_id = ANY(%(exclude)s::text[])) AND (%(only)s::text IS NULL OR subscription_id = %(only)s) "
@@ -61,9 +61,9 @@ CLAIMED_POSTGRESQL = (
 # - Unless WEBHOOK_WORKER_SYNCHRONOUS_COMMIT, a drain's commits (leases, attempts, new states) do not wait
 #   for the WAL to reach the disk. Other sessions see them at once, as before; only a crash of PostgreSQL
 #   itself can lose the last fraction of a second of them, and then those rows are leased and sent again
-#   (delivery is at least once, CONTRACT.md section 4) and those attempts are missing from the history.
+#   (delivery is at least once, docs/api.md) and those attempts are missing from the history.
 #   publish() still waits for the disk: no event or delivery it reported is lost. Publishers and drains
-#   queued for the same WAL flushes: drain 6,495 -> 7,138/s, end to end 1,227 -> 1,413/s (issue 6).
+#   queued for the same WAL flushes: drain 6,495 -> 7,138/s, end to end 1,227 -> 1,413/s.
 DRAIN_SESSION = {"enable_bitmapscan": "off", "enable_seqscan": "off", "synchronous_commit": "off"}
 SESSION_DEFAULTS = "SELECT set_config(name, reset_val, false) FROM pg_settings WHERE name = ANY(%s)"
 CLAIM_SQL_POSTGRESQL = CLAIMED_POSTGRESQL + "SELECT id, attempt_count FROM claimed"  # noqa: S608 - constants
@@ -79,7 +79,7 @@ SAVE_OUTCOMES_SQL = (
 )
 # PostgreSQL: a batch's attempts and outcomes as one JSON parameter, one statement (so one implicit
 # transaction). As twelve arrays, psycopg dumped each element in Python: 12 µs of CPU a row, as JSON
-# (json.dumps is C) 7 µs, in process (issue 6).
+# (json.dumps is C) 7 µs, in process.
 # "d.status = v.was" is a join condition on purpose: as a filter on d it let the planner, misled by
 # stale statistics right after a fan-out, hash-join every pending row (57 ms a batch at 5,000 pending)
 # instead of looking up 100 rows by primary key.
@@ -118,7 +118,7 @@ class Loader:
     whole claim instead of a database type loader per column and row.
 
     Loading a claim's rows column by column cost 35-37 µs of CPU a row (six timestamps among them); as
-    JSON, parsed at once, 18-21 µs (claim of 100, in process, issue 6). Timestamps arrive as ISO 8601
+    JSON, parsed at once, 18-21 µs (claim of 100, in process). Timestamps arrive as ISO 8601
     text; JSON columns arrive parsed; every other field of these models is a string, a number or a
     boolean in JSON too.
     """
@@ -218,7 +218,7 @@ def claim(limit: int, exclude: set[str] = frozenset(), only: str | None = None) 
     """Lease up to ``limit`` due deliveries, none of the ``exclude`` subscriptions' (or ``only`` one's).
 
     Returns {delivery id: the attempt number this claim took}. On PostgreSQL ``SKIP LOCKED`` lets workers
-    pass each other; on SQLite a conditional UPDATE does the same job (DESIGN.md section 7).
+    pass each other; on SQLite a conditional UPDATE does the same job (docs/architecture.md).
     """
     sql = CLAIM_SQL_POSTGRESQL if connection.vendor == "postgresql" else CLAIM_SQL_SQLITE
     with planned_once() as cursor:
@@ -240,7 +240,7 @@ def _claim_params(limit: int, exclude: set[str], only: str | None) -> dict:
 
 # Compared by identity: a generated __eq__ compared every field (the delivery by its primary key) of each
 # send before the one ``Drain.finish`` removes from the list in flight; with the slow lane full, about 90
-# sends a process, that was a quarter of the worker's CPU in the isolation benchmark (py-spy, issue 6).
+# sends a process, that was a quarter of the worker's CPU in the isolation benchmark (py-spy).
 @dataclass(eq=False)
 class Job:
     delivery: Delivery
@@ -265,14 +265,14 @@ class Job:
 class Slowness:
     """Subscriptions whose last send from this process was slow, remembered for a while.
 
-    Their next sends go straight to the slow lane (DESIGN.md section 6: known-bad endpoints must not
+    Their next sends go straight to the slow lane (docs/architecture.md: known-bad endpoints must not
     occupy the slots that serve fresh deliveries). A fast answer forgets it at once.
 
     "Slow" is relative: ``SLOW_FACTOR`` times this process's typical send (an average of the sends
     that were not slow), at least ``SLOW_FLOOR`` and at most ``SLOW_AFTER``. Each unknown slow endpoint
     holds a fresh slot until it is found out; with answers in a millisecond or two, finding it out
     after 50 ms instead of 250 ms gave the healthy endpoints back most of what 20 dead ones took
-    (isolation benchmark, issue 6).
+    (isolation benchmark).
     """
 
     def __init__(self) -> None:
@@ -485,7 +485,7 @@ class Drain:
                 self.start_sends()
                 if not self.running:
                     # Idle or not, finished sends wait up to RECORD_DELAY for others: under a trickle of
-                    # events, recording every send alone cost a statement and a commit each (issue 6).
+                    # events, recording every send alone cost a statement and a commit each.
                     if len(self.finished) >= self.batch or self.finished_for(RECORD_DELAY):
                         self.record()
                     if self.may_claim() or (self.queued and not self.out_of_time()):
@@ -963,7 +963,7 @@ def _count_failure(subscription: Subscription) -> None:
 
 
 def _observe(jobs: list[Job]) -> None:
-    """One log line per attempt, and the batch's metrics (CONTRACT.md section 3, Operations)."""
+    """One log line per attempt, and the batch's metrics (docs/api.md)."""
     counts: Counter[tuple[str, str]] = Counter()
     latencies = []
     logging_attempts = logger.isEnabledFor(logging.INFO)

@@ -15,7 +15,7 @@ LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
 
 def is_public_address(address: str) -> bool:
     """Python's ``is_global`` and not multicast; an IPv6 address carrying an IPv4 address is public only if
-    every IPv4 address it may carry is too (CONTRACT.md section 3)."""
+    every IPv4 address it may carry is too (docs/api.md)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, IPv6) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped

@@ -80,7 +80,7 @@ class TenantAdmin(admin.ModelAdmin):
 
 
 def _checked(validator: Callable[[Any], Any], value: Any) -> Any:
-    """Run an API validator, so the admin accepts exactly what the API accepts (CONTRACT.md section 3)."""
+    """Run an API validator, so the admin accepts exactly what the API accepts (docs/api.md)."""
     try:
         return validator(value)
     except DRFValidationError as exc:

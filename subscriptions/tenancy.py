@@ -190,7 +190,7 @@ def scope_to_caller(queryset: QuerySet, request: Request, path: str = "tenant") 
 
 
 def tenant_for_write(request: Request, slug: str | None) -> Tenant | None:
-    """The tenant a new object belongs to (CONTRACT.md section 2).
+    """The tenant a new object belongs to (docs/api.md).
 
     A tenant client names its own tenant or none; another is 403. A platform client may name any
     tenant; an unknown slug is 400.

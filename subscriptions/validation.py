@@ -1,4 +1,4 @@
-"""Validation of what subscribers send (CONTRACT.md section 3); each failure names what is wrong."""
+"""Validation of what subscribers send (docs/api.md); each failure names what is wrong."""
 
 from urllib.parse import urlsplit
 

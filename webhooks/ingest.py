@@ -27,7 +27,7 @@ PLAIN_ACCEPT = frozenset([None, "*/*", "application/json"])
 # As the DRF view answers a 202: the headers APIView and its renderer add.
 HEADERS = {"Vary": "Accept", "Allow": "POST, OPTIONS"}
 RENDERER = JSONRenderer()
-# Its representation only, without a serializer instance and its ``data`` per request (issue 6).
+# Its representation only, without a serializer instance and its ``data`` per request.
 REPRESENTATION = EventSerializer()
 
 

@@ -37,6 +37,6 @@ class Event(models.Model):
         return f"{self.id} {self.type}"
 
     def payload(self) -> dict:
-        """What a subscriber receives as the JSON body (CONTRACT.md section 4)."""
+        """What a subscriber receives as the JSON body (docs/api.md)."""
         timestamp = self.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
         return {"id": self.id, "type": self.type, "timestamp": timestamp, "data": self.data}

@@ -143,7 +143,7 @@ def published(event: Event, receivers: list[str]) -> Event:
 def new_event(fields: dict) -> Event:
     """``Event(**fields)``, built through ``Model.__init__``'s positional path: the keyword path (each
     field looked up among the keywords, each relation set through its descriptor) was a tenth of a
-    ``publish()``'s CPU (issue 6). A related object in ``fields`` is cached on the event, as the keyword
+    ``publish()``'s CPU. A related object in ``fields`` is cached on the event, as the keyword
     path caches it."""
     values = []
     for name, field in event_fields():
@@ -218,7 +218,7 @@ def insert_in_one_statement(
             return False
     if receivers:
         # After the statement: outside a transaction on_commit runs at once, and a wake-up sent before the
-        # insert let a drain claim too early, find nothing and wait for the next ring (latency, issue 6).
+        # insert let a drain claim too early, find nothing and wait for the next ring (latency).
         db.on_commit(wake_after_publish)
     event._state.adding, event._state.db = False, db.alias
     return True
