@@ -236,7 +236,7 @@ REST_FRAMEWORK = {
     "DEFAULT_VERSION": "1",
     "ALLOWED_VERSIONS": ["1"],
     "DEFAULT_PARSER_CLASSES": ["config.parsers.JSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "config.schema.AutoSchema",
     "EXCEPTION_HANDLER": "config.api.exception_handler",
     "DATETIME_FORMAT": "iso-8601",
     "UNAUTHENTICATED_USER": None,
@@ -251,6 +251,8 @@ SPECTACULAR_SETTINGS = {
     # Swagger UI served from our own static files: the docs work without a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # Authorize fetches a token from /oauth/token/ (client credentials) and keeps it across reloads.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "persistAuthorization": True},
 }
 API_RATE_LIMIT = env_str("API_RATE_LIMIT", "1000/min")
 API_RATE_LIMIT_ANON = env_str("API_RATE_LIMIT_ANON", "60/min")

@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from deliveries.models import Attempt, Delivery
@@ -25,5 +26,6 @@ class DeliveryDetailSerializer(DeliverySerializer):
     class Meta(DeliverySerializer.Meta):
         fields = [*DeliverySerializer.Meta.fields, "attempts"]
 
+    @extend_schema_field(AttemptSerializer(many=True))
     def get_attempts(self, delivery: Delivery) -> list[dict]:
         return AttemptSerializer(sorted(delivery.attempts.all(), key=lambda a: a.number), many=True).data

@@ -1,14 +1,35 @@
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
-from subscriptions import validation
+from subscriptions import schema, validation
 from subscriptions.fields import StrictBooleanField, StrictCharField, StrictListField
 from subscriptions.models import Subscription
 
 
+# The rules the validators enforce, as the OpenAPI schema states them (subscriptions/schema.py).
+@extend_schema_field(schema.URL)
+class UrlField(StrictCharField):
+    pass
+
+
+@extend_schema_field(schema.EVENT_PATTERNS)
+class EventPatternsField(StrictListField):
+    pass
+
+
+@extend_schema_field(schema.SECRET)
+class SecretField(StrictCharField):
+    pass
+
+
+@extend_schema_field(schema.TENANT_SLUG_OR_BLANK)
+class TenantSlugOrBlankField(StrictCharField):
+    pass
+
+
 class SubscriptionSerializer(serializers.ModelSerializer):
-    url = StrictCharField(max_length=validation.MAX_URL_LENGTH, validators=[validation.validate_url])
-    events = StrictListField(child=StrictCharField(), validators=[validation.validate_patterns])
+    url = UrlField(max_length=validation.MAX_URL_LENGTH, validators=[validation.validate_url])
+    events = EventPatternsField(child=StrictCharField(), validators=[validation.validate_patterns])
     description = StrictCharField(max_length=500, required=False, allow_blank=True)
     is_active = StrictBooleanField(required=False)
     tenant = serializers.SerializerMethodField()
@@ -27,18 +48,28 @@ class SubscriptionSerializer(serializers.ModelSerializer):
 class SubscriptionCreateSerializer(SubscriptionSerializer):
     """Create also takes ``tenant`` (a slug, platform clients) and ``secret``, and answers with the secret."""
 
-    secret = StrictCharField(required=False, validators=[validation.validate_secret])
+    secret = SecretField(required=False, validators=[validation.validate_secret])
 
     class Meta(SubscriptionSerializer.Meta):
         fields = [*SubscriptionSerializer.Meta.fields, "secret"]
 
 
+@extend_schema_serializer(component_name="SubscriptionCreate")
+class SubscriptionCreateRequestSerializer(SubscriptionCreateSerializer):
+    """A new subscription; ``tenant`` names its owner, ``secret`` chooses its signing secret."""
+
+    tenant = TenantSlugOrBlankField(required=False, allow_null=True, allow_blank=True)
+
+    class Meta(SubscriptionCreateSerializer.Meta):
+        pass
+
+
 class SecretSerializer(serializers.Serializer):
-    secret = StrictCharField(validators=[validation.validate_secret])
+    secret = SecretField(validators=[validation.validate_secret])
 
 
 class RotateSecretSerializer(serializers.Serializer):
-    secret = StrictCharField(required=False, validators=[validation.validate_secret])
+    secret = SecretField(required=False, validators=[validation.validate_secret])
 
 
 class RecoverSerializer(serializers.Serializer):

@@ -18,7 +18,10 @@ DISABLED_BY_CLIENT = "disabled through the API"
 
 
 @extend_schema_view(
-    create=extend_schema(responses={201: serializers.SubscriptionCreateSerializer}),
+    create=extend_schema(
+        request=serializers.SubscriptionCreateRequestSerializer,
+        responses={201: serializers.SubscriptionCreateSerializer},
+    ),
 )
 class SubscriptionViewSet(TenantScopedMixin, viewsets.ModelViewSet):
     queryset = Subscription.objects.live().select_related("tenant").order_by("-created_at", "id")

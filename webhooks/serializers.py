@@ -1,17 +1,33 @@
 from datetime import UTC
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from subscriptions import topics, validation
+from subscriptions import schema, topics, validation
 from subscriptions.fields import StrictCharField
 from webhooks.models import Event
 from webhooks.publishing import RESERVED_PREFIX, has_unstorable_text
 
 
+@extend_schema_field(schema.EVENT_TYPE)
+class EventTypeField(StrictCharField):
+    pass
+
+
+@extend_schema_field(schema.TENANT_SLUG)
+class TenantSlugField(StrictCharField):
+    pass
+
+
+@extend_schema_field({"type": "object", "additionalProperties": {}, "description": "Any JSON object."})
+class EventDataField(serializers.JSONField):
+    pass
+
+
 class EventCreateSerializer(serializers.Serializer):
-    type = StrictCharField(validators=[validation.validate_event_type])
-    data = serializers.JSONField()
-    tenant = StrictCharField(required=False, allow_null=True)
+    type = EventTypeField(validators=[validation.validate_event_type])
+    data = EventDataField()
+    tenant = TenantSlugField(required=False, allow_null=True)
 
     def validate_data(self, value: object) -> dict:
         if not isinstance(value, dict):
@@ -51,7 +67,7 @@ def plainly_valid_event(body: object) -> dict | None:
 
 
 class EventSerializer(serializers.ModelSerializer):
-    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     deliveries = serializers.IntegerField(source="delivery_count", read_only=True)
 
     class Meta:

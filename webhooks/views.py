@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from subscriptions import schema
 from subscriptions.tenancy import api_client, scope_to_caller, tenant_for_write
 from webhooks.ingest import publish_plainly
 from webhooks.model_events import declared_types
@@ -50,7 +51,21 @@ class EventCreateView(APIView):
             413: OpenApiResponse(description="Body over 256 KiB"),
             422: OpenApiResponse(description="Idempotency-Key reused with a different body"),
         },
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                schema.IDEMPOTENCY_KEY,
+                OpenApiParameter.HEADER,
+                description="1 to 255 printable ASCII characters: a repeat within 24 h replays the first answer.",
+            ),
+            OpenApiParameter(
+                "Idempotent-Replayed",
+                {"type": "string", "enum": ["true"]},
+                OpenApiParameter.HEADER,
+                response=[200],
+                description="Present on a replay: the first request's answer, nothing created.",
+            ),
+        ],
     )
     def post(self, request: Request) -> Response:
         key = idempotency_key(request)
