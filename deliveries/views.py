@@ -1,6 +1,6 @@
 from django.db import transaction
 from django.db.models import Prefetch
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -10,9 +10,19 @@ from deliveries import actions
 from deliveries.filters import DeliveryFilter
 from deliveries.models import Attempt, Delivery
 from deliveries.serializers import DeliveryDetailSerializer, DeliverySerializer
+from subscriptions import schema
 from subscriptions.tenancy import TenantScopedMixin
 
 
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter("event_type", schema.EVENT_TYPE_FILTER, description="Only deliveries of this type"),
+            OpenApiParameter("subscription", schema.NO_NUL, description="Only this subscription's (an id)"),
+            OpenApiParameter("event", schema.NO_NUL, description="Only this event's (an id)"),
+        ]
+    )
+)
 class DeliveryViewSet(TenantScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     queryset = Delivery.objects.select_related("subscription").order_by("-created_at", "-id")
     serializer_class = DeliverySerializer

@@ -17,6 +17,11 @@ class EventPatternsField(StrictListField):
     pass
 
 
+@extend_schema_field(schema.DESCRIPTION)
+class DescriptionField(StrictCharField):
+    pass
+
+
 @extend_schema_field(schema.SECRET)
 class SecretField(StrictCharField):
     pass
@@ -30,7 +35,7 @@ class TenantSlugOrBlankField(StrictCharField):
 class SubscriptionSerializer(serializers.ModelSerializer):
     url = UrlField(max_length=validation.MAX_URL_LENGTH, validators=[validation.validate_url])
     events = EventPatternsField(child=StrictCharField(), validators=[validation.validate_patterns])
-    description = StrictCharField(max_length=500, required=False, allow_blank=True)
+    description = DescriptionField(max_length=500, required=False, allow_blank=True)
     is_active = StrictBooleanField(required=False)
     tenant = serializers.SerializerMethodField()
 

@@ -1,12 +1,12 @@
 from django.db import transaction
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import exceptions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from deliveries import actions
-from subscriptions import serializers
+from subscriptions import schema, serializers
 from subscriptions.fields import StrictCharField
 from subscriptions.filters import SubscriptionFilter
 from subscriptions.models import Subscription
@@ -18,6 +18,11 @@ DISABLED_BY_CLIENT = "disabled through the API"
 
 
 @extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter("event", schema.EVENT_TYPE_FILTER, description="Only subscriptions receiving this type")
+        ]
+    ),
     create=extend_schema(
         request=serializers.SubscriptionCreateRequestSerializer,
         responses={201: serializers.SubscriptionCreateSerializer},

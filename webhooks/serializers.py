@@ -19,7 +19,13 @@ class TenantSlugField(StrictCharField):
     pass
 
 
-@extend_schema_field({"type": "object", "additionalProperties": {}, "description": "Any JSON object."})
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {},
+        "description": "Any JSON object; no string in it (keys included) may hold a NUL or an unpaired surrogate.",
+    }
+)
 class EventDataField(serializers.JSONField):
     pass
 
