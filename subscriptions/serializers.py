@@ -51,7 +51,7 @@ class SubscriptionSerializer(serializers.ModelSerializer):
 
 
 class SubscriptionCreateSerializer(SubscriptionSerializer):
-    """Create also takes ``tenant`` (a slug, platform clients) and ``secret``, and answers with the secret."""
+    """A subscription as created, with its signing secret."""
 
     secret = SecretField(required=False, validators=[validation.validate_secret])
 
