@@ -1,7 +1,7 @@
 """The OpenAPI schema's cross-cutting parts: every error an operation can answer, and the headers every answer carries.
 
 Views declare what is theirs (their success responses, a ``409``, a ``422``); this schema class adds the
-answers the API's common machinery gives to any operation it applies to (CONTRACT.md section 3): a
+answers the API's common machinery gives to any operation it applies to (docs/api.md): a
 validation ``400`` where there is input, ``401``, ``403`` where a scope is needed, ``404`` for an unknown id
 or a page past the end, ``406``, ``413`` and ``415`` where there is a body, and ``429``.
 """

@@ -1,4 +1,4 @@
-"""The OpenAPI schema tells the truth (CONTRACT.md section 3).
+"""The OpenAPI schema tells the truth (docs/api.md).
 
 It declares the OAuth2 client-credentials flow and each operation's scope, documents every status an
 operation answers, and states every rule the validators enforce. The last test runs schemathesis with all
@@ -34,7 +34,7 @@ from tests.conftest import Api, basic_auth
 from webhooks import publish
 from webhooks.serializers import EventCreateSerializer
 
-# The scope each operation needs (CONTRACT.md sections 2 and 3); event types need only a valid token.
+# The scope each operation needs (docs/api.md); event types need only a valid token.
 SCOPES = {
     "subscriptions_list": ["subscriptions.read"],
     "subscriptions_create": ["subscriptions.write"],
