@@ -301,3 +301,16 @@ def wait_for_deliveries(database: Path, log: Path, timeout: float) -> dict[str, 
         time.sleep(1)
     tail = log.read_text(errors="replace")[-3000:]
     raise AssertionError(f"not all delivered within {timeout} s: {statuses}\n{tail}")
+
+
+@pytest.mark.services
+def test_a_running_worker_and_scheduler_turn_healthz_workers_ok(start_worker) -> None:
+    assert Client().get("/healthz/workers").status_code == 503
+
+    start_worker(beat=True)
+
+    deadline = time.monotonic() + 30
+    while Client().get("/healthz/workers").status_code != 200:
+        assert time.monotonic() < deadline, Client().get("/healthz/workers").json()
+        time.sleep(0.2)
+    assert Client().get("/healthz/workers").json()["last_seen_s"] <= 30
