@@ -2,13 +2,13 @@
 
 kombu's filesystem ``_put`` creates a message file under its final name and then writes it, and its ``_get``
 takes any file of that name: a reader that comes in between reads an empty or partial message, and the
-worker stops with ``Unrecoverable error: JSONDecodeError`` (kombu 5.7.0). Here a message is written under a
+worker stops with ``Unrecoverable error: JSONDecodeError`` (kombu 5.7.0). Here a message is written in a
 folder no reader lists and renamed into place, and a reader takes a message by renaming it out of the
 folder; ``os.replace`` and ``os.rename`` are atomic within one filesystem, so a message is seen whole or
 not at all, and by one reader only. Exchange tables get the same treatment when they are first created.
 
-``_put``/``_get`` are the extension points kombu documents for virtual transports; everything else (exchange
-tables, polling, acknowledgements) is kombu's.
+``_put``/``_get`` are the extension points kombu documents for virtual transports; everything else (routing,
+acknowledgements, redelivery) is kombu's.
 """
 
 import os
