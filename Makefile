@@ -10,15 +10,12 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-## run: web server on 127.0.0.1:8000, a Celery worker and the scheduler, in the foreground (Ctrl-C stops all)
+## run: web server on 127.0.0.1:8000 (WEB_PORT), a Celery worker and the scheduler, in the foreground (Ctrl-C stops all)
 run: $(STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v0
-	rm -rf .data/metrics  # samples of processes that are gone: every process restarts here
-	@trap 'kill 0' INT TERM EXIT; \
-	$(VENV)/bin/celery -A config worker --beat --loglevel=INFO & \
-	$(PY) manage.py runserver 127.0.0.1:8000 & \
-	wait
+	rm -rf $(or $(HOOKRELAY_DATA_DIR),.data)/metrics  # samples of processes that are gone: every process restarts here
+	PATH="$(abspath $(VENV))/bin:$$PATH" exec $(PY) -m config.supervise
 
 test: export SECRET_KEY ?= insecure-key-for-tests-only
 ## test: the whole suite (PostgreSQL and Redis when DATABASE_URL / REDIS_URL are set)

@@ -179,13 +179,17 @@ WEBHOOK_MODEL_EVENTS = {
 # --- Celery (DESIGN.md sections 1 and 4) ---
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's filesystem transport, but a reader never sees a message half written (deliveries/embedded_broker.py).
+    CELERY_BROKER_TRANSPORT = "deliveries.embedded_broker:Transport"
     BROKER_DIR = DATA_DIR / "broker"
     BROKER_DIR.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR),
         "data_folder_out": str(BROKER_DIR),
-        "store_processed": False,
-        # The default 1 s poll delivers about ten messages a second (DESIGN.md section 7).
+        # Exchange tables: kombu's default is "control" under the working directory, the checkout.
+        "control_folder": str(BROKER_DIR / "control"),
+        "tmp_folder": str(BROKER_DIR / "tmp"),
+        # kombu's default 1 s poll delivers about ten messages a second.
         "polling_interval": 0.05,
     }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -26,5 +26,6 @@ urlpatterns = [
     # The same resources, versioned by the Accept header instead of the path.
     path("api/", include(api_v1)),
     path("healthz", views.healthz, name="healthz"),
+    path("healthz/workers", views.healthz_workers, name="healthz-workers"),
     path("metrics", views.metrics, name="metrics"),
 ]

@@ -111,3 +111,27 @@ class Attempt(models.Model):
             response_body=result.response_body,
             success=result.success,
         )
+
+
+class WorkerHeartbeat(models.Model):
+    """When the workers last showed life, where every web process sees it: the periodic sweep and each worker's
+    start write it, ``/healthz/workers`` reads it. One row; the embedded default's cache is per process."""
+
+    WORKERS = "workers"
+
+    name = models.CharField(primary_key=True, max_length=20)
+    seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} seen at {self.seen_at.isoformat()}"
+
+    @classmethod
+    def beat(cls) -> None:
+        """One UPDATE, in autocommit: the row is created only the first time."""
+        now = timezone.now()
+        if not cls.objects.filter(name=cls.WORKERS).update(seen_at=now):
+            cls.objects.update_or_create(name=cls.WORKERS, defaults={"seen_at": now})
+
+    @classmethod
+    def last_seen(cls) -> datetime | None:
+        return cls.objects.filter(name=cls.WORKERS).values_list("seen_at", flat=True).first()
