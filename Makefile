@@ -33,7 +33,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-## bench: the benchmarks (issue 6) on a real local stack: PostgreSQL and Redis on 127.0.0.1; BENCH_ARGS="--quick" etc.
+## bench: the benchmarks on a real local stack: PostgreSQL and Redis on 127.0.0.1; BENCH_ARGS="--quick" etc.
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
