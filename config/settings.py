@@ -157,7 +157,7 @@ EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", str(DATA_DIR / "mail"))
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25)
 
-# --- Webhooks (CONTRACT.md section 1) ---
+# --- Webhooks (docs/configuration.md) ---
 WEBHOOK_RETRY_SCHEDULE = env_schedule("WEBHOOK_RETRY_SCHEDULE", "60,300,900,3600,21600")
 WEBHOOK_TIMEOUT = env_int("WEBHOOK_TIMEOUT", 15)
 WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", False)
@@ -176,7 +176,7 @@ WEBHOOK_MODEL_EVENTS = {
     "auth.User": {"created": "user.created", "updated": "user.updated", "deleted": "user.deleted"},
 }
 
-# --- Celery (DESIGN.md sections 1 and 4) ---
+# --- Celery (docs/architecture.md: the broker only wakes workers) ---
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # kombu's filesystem transport, but a reader never sees a message half written (deliveries/embedded_broker.py).
@@ -198,7 +198,7 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Two worker processes per core: a drain's main thread waits on PostgreSQL (claim, record, commit)
 # about half of its time, and its sends wait while it does. With one process per core the drain
-# benchmark left a quarter of the CPU idle; two per core used it (issue 6). ``--concurrency`` overrides.
+# benchmark left a quarter of the CPU idle; two per core used it. ``--concurrency`` overrides.
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2 * (os.cpu_count() or 1))
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
@@ -210,7 +210,7 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
-# --- REST API (CONTRACT.md sections 2 and 3) ---
+# --- REST API (docs/api.md) ---
 API_SCOPES = {
     "subscriptions.read": "Read subscriptions and their secrets",
     "subscriptions.write": "Create, change, delete, rotate and ping subscriptions",

@@ -10,7 +10,7 @@ handler404 = "config.api.not_found"
 handler500 = "config.api.server_error"
 
 # Events first: every include tried before the one that matches builds the list of its patterns for a
-# 404 page (Django's "tried"), and POST /api/v1/events/ is the API's busiest path (issue 6).
+# 404 page (Django's "tried"), and POST /api/v1/events/ is the API's busiest path.
 api_v1 = [
     path("", include("webhooks.urls")),
     path("", include("subscriptions.urls")),

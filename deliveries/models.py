@@ -24,7 +24,7 @@ class DeliveryQuerySet(models.QuerySet):
 
 
 class Delivery(models.Model):
-    """One event sent to one subscription; the row is the queue (DESIGN.md section 1)."""
+    """One event sent to one subscription; the row is the queue (docs/architecture.md)."""
 
     id = models.CharField(primary_key=True, max_length=32, default=new_delivery_id, editable=False)
     event = models.ForeignKey("webhooks.Event", on_delete=models.CASCADE, related_name="deliveries")

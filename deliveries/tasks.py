@@ -1,4 +1,4 @@
-"""Thin Celery tasks: no state in the message, no Celery retries (DESIGN.md section 1)."""
+"""Thin Celery tasks: no state in the message, no Celery retries (docs/architecture.md)."""
 
 from typing import Any
 

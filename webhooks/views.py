@@ -97,7 +97,7 @@ class EventCreateView(APIView):
 
 
 def check_body_size(request: Request) -> None:
-    """Refuse an oversize body before parsing it (CONTRACT.md section 3)."""
+    """Refuse an oversize body before parsing it (docs/api.md)."""
     limit = settings.EVENT_MAX_BODY_BYTES
     declared = request.META.get("CONTENT_LENGTH") or "0"
     if declared.isdigit() and int(declared) > limit:
